@@ -1,0 +1,33 @@
+# The two commands a fresh machine needs (see README):
+#   make run   builds the guard and runs it on this host, log-only (noop policy)
+#   make test  installs what the tests need and runs every test, as root
+GO ?= go
+BIN := bin/oom-guard
+
+.PHONY: build run test test-deps check unit fuzz bench
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/oom-guard
+
+run: build
+	./$(BIN) --policy=noop --port=9102 --webhook-url= --v=2 --logtostderr
+
+test-deps:
+	./scripts/test-deps
+
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
+	$(GO) vet ./...
+
+# -p 1: the real-kernel tests share one machine's memory and CPUs; running
+# packages in parallel would let one test's hog disturb another's timing.
+test: test-deps check
+	$(GO) test -p 1 -count=1 -timeout 60m ./...
+	$(MAKE) fuzz
+
+FUZZTIME ?= 5s
+fuzz:
+	./scripts/fuzz-all $(FUZZTIME)
+
+bench:
+	$(GO) run ./bench/preempt

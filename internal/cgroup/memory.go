@@ -1,0 +1,236 @@
+package cgroup
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Version is the cgroup hierarchy's version.
+type Version int
+
+const (
+	VersionV1 Version = 1
+	VersionV2 Version = 2
+)
+
+func (v Version) String() string { return fmt.Sprintf("v%d", int(v)) }
+
+// Stat is what the guard needs of memory.stat.
+type Stat struct {
+	// Reclaimable is the page cache the kernel can drop or write back
+	// before it has to OOM-kill: inactive_file + active_file, counted over
+	// the cgroup and its descendants.
+	Reclaimable uint64
+	// Text is the file as the seed's event carries it: "key value|key value|".
+	Text string
+}
+
+// Memory is the memory controller of one hierarchy. V1 and V2 implement it;
+// everything above this package is version-blind.
+type Memory interface {
+	Version() Version
+	FS() *FS
+	// Limit is the cgroup's own hard limit, Unlimited when it has none.
+	Limit(rel string) (uint64, error)
+	Usage(rel string) (uint64, error)
+	Stat(rel string) (Stat, error)
+	// OOMKills is the kernel's cumulative count of OOM kills charged to the cgroup.
+	OOMKills(rel string) (uint64, error)
+	// Reclaim asks the kernel to reclaim from the cgroup. It may block for
+	// as long as the kernel takes; callers bound it (see internal/guard).
+	Reclaim(rel string, bytes uint64) error
+	// SoftLimit reads and SetSoftLimit sets the limit at which the kernel
+	// starts reclaiming from the cgroup early (v1 soft limit, v2 memory.high).
+	SoftLimit(rel string) (uint64, error)
+	SetSoftLimit(rel string, bytes uint64) error
+	// LimitFile is the file whose modification means the limit changed.
+	LimitFile() string
+}
+
+// Open returns the memory controller rooted at dir, which must be a memory
+// cgroup directory: the mount point of a v1 memory hierarchy or of cgroup2
+// with the memory controller, or any cgroup below one.
+func Open(dir string) (Memory, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil, fmt.Errorf("cgroup root %s: %w", dir, err)
+	}
+	fs := &FS{Root: dir}
+	switch st.Type {
+	case unix.CGROUP_SUPER_MAGIC:
+		if _, err := os.Stat(fs.Path("/", "memory.usage_in_bytes")); err != nil {
+			return nil, fmt.Errorf("cgroup root %s: not a memory cgroup (no memory.usage_in_bytes)", dir)
+		}
+		return &V1{fs: fs}, nil
+	case unix.CGROUP2_SUPER_MAGIC:
+		ctrl, err := fs.ReadFile("/", "cgroup.controllers")
+		if err != nil {
+			return nil, fmt.Errorf("cgroup root %s: %w", dir, err)
+		}
+		if !hasWord(string(ctrl), "memory") {
+			return nil, fmt.Errorf("cgroup root %s: memory controller not enabled (cgroup.controllers: %q)", dir, strings.TrimSpace(string(ctrl)))
+		}
+		return &V2{fs: fs}, nil
+	default:
+		return nil, fmt.Errorf("cgroup root %s: not a cgroup file system", dir)
+	}
+}
+
+func hasWord(s, w string) bool {
+	for _, f := range strings.Fields(s) {
+		if f == w {
+			return true
+		}
+	}
+	return false
+}
+
+// statText renders memory.stat the way the seed's event does.
+func statText(data []byte) string {
+	var b strings.Builder
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		b.Write(bytes.TrimSpace(line))
+		b.WriteByte('|')
+	}
+	return b.String()
+}
+
+func readStat(fs *FS, rel string, inactive, active string) (Stat, error) {
+	data, err := fs.ReadFile(rel, "memory.stat")
+	if err != nil {
+		return Stat{}, err
+	}
+	m, err := ParseFlatKeyed(bytes.NewReader(data))
+	if err != nil {
+		return Stat{}, fmt.Errorf("%s: %w", fs.Path(rel, "memory.stat"), err)
+	}
+	return Stat{Reclaimable: m[inactive] + m[active], Text: statText(data)}, nil
+}
+
+// V1 is a cgroup v1 memory hierarchy.
+type V1 struct{ fs *FS }
+
+func (m *V1) Version() Version  { return VersionV1 }
+func (m *V1) FS() *FS           { return m.fs }
+func (m *V1) LimitFile() string { return "memory.limit_in_bytes" }
+
+func (m *V1) Limit(rel string) (uint64, error) {
+	v, err := m.fs.ReadUint(rel, "memory.limit_in_bytes")
+	if err == nil && v >= v1NoLimit {
+		v = Unlimited
+	}
+	return v, err
+}
+
+func (m *V1) Usage(rel string) (uint64, error) { return m.fs.ReadUint(rel, "memory.usage_in_bytes") }
+
+// Stat uses the total_ counters: they include descendants, as the limit does.
+func (m *V1) Stat(rel string) (Stat, error) {
+	return readStat(m.fs, rel, "total_inactive_file", "total_active_file")
+}
+
+// OOMKills reads oom_kill from memory.oom_control (kernel 4.13+). It is
+// local to the cgroup: the victim's own memcg, not its ancestors.
+func (m *V1) OOMKills(rel string) (uint64, error) {
+	c, err := m.OOMControl(rel)
+	return c["oom_kill"], err
+}
+
+// OOMControl parses memory.oom_control.
+func (m *V1) OOMControl(rel string) (map[string]uint64, error) {
+	f, err := m.fs.Open(rel, "memory.oom_control")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := ParseFlatKeyed(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return c, nil
+}
+
+// Reclaim writes memory.force_empty, as the seed does: the kernel then
+// reclaims until the cgroup is empty or reclaim stops making progress, and
+// returns EINTR early if the writing thread gets a signal. v1 has no way to
+// ask for a given amount, so bytes is ignored.
+func (m *V1) Reclaim(rel string, _ uint64) error {
+	return m.fs.WriteFile(rel, "memory.force_empty", "0")
+}
+
+func (m *V1) SoftLimit(rel string) (uint64, error) {
+	return m.fs.ReadUint(rel, "memory.soft_limit_in_bytes")
+}
+
+func (m *V1) SetSoftLimit(rel string, v uint64) error {
+	s := fmt.Sprint(v)
+	if v == Unlimited || v >= v1NoLimit {
+		s = "-1"
+	}
+	return m.fs.WriteFile(rel, "memory.soft_limit_in_bytes", s)
+}
+
+// V2 is a cgroup v2 (unified) hierarchy with the memory controller.
+type V2 struct{ fs *FS }
+
+func (m *V2) Version() Version  { return VersionV2 }
+func (m *V2) FS() *FS           { return m.fs }
+func (m *V2) LimitFile() string { return "memory.max" }
+
+// Limit reads memory.max. The root cgroup has no memory.max: no limit.
+func (m *V2) Limit(rel string) (uint64, error) {
+	v, err := m.fs.ReadUint(rel, "memory.max")
+	if errors.Is(err, os.ErrNotExist) && m.fs.Exists(rel) {
+		return Unlimited, nil
+	}
+	return v, err
+}
+
+func (m *V2) Usage(rel string) (uint64, error) { return m.fs.ReadUint(rel, "memory.current") }
+
+func (m *V2) Stat(rel string) (Stat, error) {
+	return readStat(m.fs, rel, "inactive_file", "active_file")
+}
+
+// OOMKills reads oom_kill from memory.events, which is hierarchical.
+func (m *V2) OOMKills(rel string) (uint64, error) {
+	e, err := m.Events(rel)
+	return e["oom_kill"], err
+}
+
+// Events parses memory.events.
+func (m *V2) Events(rel string) (map[string]uint64, error) {
+	f, err := m.fs.Open(rel, "memory.events")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	e, err := ParseFlatKeyed(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return e, nil
+}
+
+// Reclaim writes memory.reclaim (5.19+), which reclaims at most bytes.
+func (m *V2) Reclaim(rel string, bytes uint64) error {
+	return m.fs.WriteFile(rel, "memory.reclaim", fmt.Sprint(bytes))
+}
+
+func (m *V2) SoftLimit(rel string) (uint64, error) { return m.fs.ReadUint(rel, "memory.high") }
+
+func (m *V2) SetSoftLimit(rel string, v uint64) error {
+	s := fmt.Sprint(v)
+	if v == Unlimited {
+		s = "max"
+	}
+	return m.fs.WriteFile(rel, "memory.high", s)
+}
