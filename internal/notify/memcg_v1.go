@@ -1,0 +1,70 @@
+package notify
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+)
+
+// Eventfd is a v1 memcg notification registered through cgroup.event_control
+// (Documentation/admin-guide/cgroup-v1/memory.rst, "Memory thresholds" and
+// "OOM Control"). Closing it unregisters it: the kernel drops the event when
+// the eventfd's last reference goes. The kernel also signals it once when the
+// cgroup is removed, so a reader must check that the cgroup still exists.
+type Eventfd struct{ fd int }
+
+func (e *Eventfd) Fd() int { return e.fd }
+
+// Drain reads the counter so the fd is no longer readable.
+func (e *Eventfd) Drain() error {
+	var buf [8]byte
+	_, err := unix.Read(e.fd, buf[:])
+	if err == unix.EAGAIN {
+		return nil
+	}
+	return err
+}
+
+func (e *Eventfd) Close() error { return unix.Close(e.fd) }
+
+// V1Threshold fires when memory.usage_in_bytes of rel crosses bytes, in
+// either direction. The kernel checks thresholds every 128 page charges per
+// CPU, so the crossing is seen within about 512 KiB per CPU.
+func V1Threshold(fs *cgroup.FS, rel string, bytes uint64) (*Eventfd, error) {
+	return registerV1(fs, rel, "memory.usage_in_bytes", fmt.Sprint(bytes))
+}
+
+// V1OOM fires when rel enters an OOM condition (memory.oom_control).
+func V1OOM(fs *cgroup.FS, rel string) (*Eventfd, error) {
+	return registerV1(fs, rel, "memory.oom_control", "")
+}
+
+func registerV1(fs *cgroup.FS, rel, file, arg string) (*Eventfd, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd for %s: %w", fs.Path(rel, file), err)
+	}
+	target, err := fs.Open(rel, file)
+	if err != nil {
+		unix.Close(efd)
+		return nil, err
+	}
+	// The kernel takes what it needs from the target fd during the write;
+	// the event lives as long as the eventfd, so the target can be closed.
+	defer target.Close()
+	line := fmt.Sprintf("%d %d", efd, target.Fd())
+	if arg != "" {
+		line += " " + arg
+	}
+	if err := fs.WriteFile(rel, "cgroup.event_control", line); err != nil {
+		unix.Close(efd)
+		return nil, err
+	}
+	return &Eventfd{fd: efd}, nil
+}
+
+// ErrNotSupported is returned where a mechanism is missing on this kernel.
+var ErrNotSupported = errors.New("not supported by this kernel")
