@@ -15,9 +15,11 @@ type DirChange struct {
 	Mask uint32
 }
 
-func (c DirChange) IsDir() bool    { return c.Mask&unix.IN_ISDIR != 0 }
-func (c DirChange) Created() bool  { return c.Mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 }
-func (c DirChange) Removed() bool  { return c.Mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_DELETE_SELF) != 0 }
+func (c DirChange) IsDir() bool   { return c.Mask&unix.IN_ISDIR != 0 }
+func (c DirChange) Created() bool { return c.Mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 }
+func (c DirChange) Removed() bool {
+	return c.Mask&(unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_DELETE_SELF) != 0
+}
 func (c DirChange) Modified() bool { return c.Mask&unix.IN_MODIFY != 0 }
 
 // Inotify watches cgroup directories for sub-cgroups created and removed and
