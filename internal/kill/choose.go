@@ -1,0 +1,66 @@
+package kill
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+)
+
+// OOMScoreAdjMin is the oom_score_adj that exempts a process from the
+// kernel's OOM killer; the guard respects it the same way.
+const OOMScoreAdjMin = -1000
+
+// ErrNoVictim is returned when no process in the cgroup may be killed.
+var ErrNoVictim = errors.New("no killable process")
+
+// Eligible tells whether a candidate may be killed at all: never an exempt
+// process (oom_score_adj -1000), never the guard itself, never a pod's
+// sandbox ("pause"), which would take every container of the pod with it.
+func Eligible(c Candidate, self int) bool {
+	return c.OOMScoreAdj != OOMScoreAdjMin && c.Pid != self && c.Comm != "pause"
+}
+
+// Choose picks the victim the kernel's cgroup OOM killer would: the highest
+// oom_score; on a tie, the larger resident set.
+func Choose(cands []Candidate, self int) (Candidate, bool) {
+	var best Candidate
+	found := false
+	for _, c := range cands {
+		if !Eligible(c, self) {
+			continue
+		}
+		if !found || c.OOMScore > best.OOMScore ||
+			c.OOMScore == best.OOMScore && rss(c) > rss(best) {
+			best, found = c, true
+		}
+	}
+	return best, found
+}
+
+func rss(c Candidate) uint64 { return c.Status.RssAnonKB + c.Status.RssFileKB + c.Status.RssShmemKB }
+
+// Candidates inspects every process of rel and its descendants. Processes
+// that exit meanwhile are skipped.
+func Candidates(fs *cgroup.FS, proc Proc, rel string) ([]Candidate, error) {
+	var cands []Candidate
+	err := fs.Walk(rel, func(cg string) error {
+		pids, err := fs.Procs(cg, false)
+		if err != nil {
+			return err
+		}
+		for _, pid := range pids {
+			c, err := proc.Inspect(pid)
+			if err != nil {
+				continue // exited since cgroup.procs was read
+			}
+			c.Cgroup = cg
+			cands = append(cands, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return cands, fmt.Errorf("list processes of %s: %w", fs.Path(rel, ""), err)
+	}
+	return cands, nil
+}

@@ -1,0 +1,138 @@
+package kill_test
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	testenv.RunHogIfRequested()
+	os.Exit(m.Run())
+}
+
+func setAdj(t *testing.T, cmd *exec.Cmd, adj string) {
+	t.Helper()
+	if err := os.WriteFile("/proc/"+itoa(cmd.Process.Pid)+"/oom_score_adj", []byte(adj), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func itoa(i int) string { return string(appendInt(nil, i)) }
+func appendInt(b []byte, i int) []byte {
+	if i >= 10 {
+		b = appendInt(b, i/10)
+	}
+	return append(b, byte('0'+i%10))
+}
+
+func waitExit(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("pid %d still alive", cmd.Process.Pid)
+	}
+}
+
+func alive(cmd *exec.Cmd) bool {
+	return cmd.ProcessState == nil && cmd.Process.Signal(syscall.Signal(0)) == nil
+}
+
+// The process policy picks the process the kernel would: with three equal
+// processes, the one with the highest positive oom_score_adj (this machine
+// refuses negative values).
+func TestChooseAndKillHighestScore(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 0)
+	var cmds []*exec.Cmd
+	for _, adj := range []string{"100", "800", "300"} {
+		cmd := testenv.HogCommand(testenv.HogSpec{MiB: 8, Hold: true})
+		cg.Start(t, rel, cmd)
+		setAdj(t, cmd, adj)
+		cmds = append(cmds, cmd)
+	}
+	proc := kill.Proc{}
+	cands, err := kill.Candidates(cg.Mem, proc, cg.Rel)
+	if err != nil || len(cands) != 3 {
+		t.Fatalf("candidates %v, %v", cands, err)
+	}
+	v, ok := kill.Choose(cands, os.Getpid())
+	if !ok || v.Pid != cmds[1].Process.Pid || v.Cgroup != rel {
+		t.Fatalf("chose %+v, want pid %d in %s", v, cmds[1].Process.Pid, rel)
+	}
+	if _, err := proc.Process(v); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, cmds[1])
+	if !alive(cmds[0]) || !alive(cmds[2]) {
+		t.Fatal("a decoy died")
+	}
+}
+
+// A PID that no longer names the inspected process is never signalled.
+func TestProcessRefusesReusedPid(t *testing.T) {
+	testenv.RequireRoot(t)
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	proc := kill.Proc{}
+	c, err := proc.Inspect(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.StartTime++ // as if the PID now belonged to a later process
+	if _, err := proc.Process(c); !errors.Is(err, kill.ErrGone) {
+		t.Fatalf("want ErrGone, got %v", err)
+	}
+	if !alive(cmd) {
+		t.Fatal("process was killed")
+	}
+}
+
+// The container kill takes every process of the cgroup and its children,
+// frozen first through the v1 freezer, and leaves the cgroup thawed.
+func TestCgroupKillsEverything(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "ctr", 0)
+	sub := cg.Child(t, "ctr/sub", 0)
+	var cmds []*exec.Cmd
+	for _, where := range []string{rel, rel, sub} {
+		cmd := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+		cg.Start(t, where, cmd)
+		cmds = append(cmds, cmd)
+	}
+	outsider := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+	cg.Start(t, cg.Child(t, "other", 0), outsider)
+	freezer, err := cgroup.V1Sibling(testenv.V1MemoryRoot, "freezer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed, err := kill.Proc{}.Cgroup(cg.Mem, freezer, rel, os.Getpid())
+	if err != nil || len(killed) != 3 {
+		t.Fatalf("killed %v, %v", killed, err)
+	}
+	for _, c := range cmds {
+		waitExit(t, c)
+	}
+	if !alive(outsider) {
+		t.Fatal("a process outside the cgroup died")
+	}
+	if st, _ := freezer.ReadFile(rel, "freezer.state"); string(st) != "THAWED\n" {
+		t.Fatalf("freezer left %q", st)
+	}
+	if _, err := (kill.Proc{}).Cgroup(cg.Mem, freezer, rel, os.Getpid()); !errors.Is(err, kill.ErrNoVictim) {
+		t.Fatalf("empty cgroup: %v", err)
+	}
+}

@@ -1,0 +1,127 @@
+package kill
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+)
+
+// ErrGone means the process exited (or its PID was reused) before the kill.
+var ErrGone = errors.New("process already gone")
+
+// Process kills one candidate: it opens a pidfd, checks the PID still names
+// the process that was inspected (same start time), signals through the
+// pidfd, then has the kernel release the victim's memory at once
+// (process_mrelease, 5.15+) instead of waiting for the victim to exit.
+// The release runs in the background; the returned time is when the signal
+// was sent.
+func (p Proc) Process(c Candidate) (time.Time, error) {
+	pidfd, err := unix.PidfdOpen(c.Pid, 0)
+	if err != nil {
+		if err == unix.ESRCH {
+			return time.Time{}, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+		}
+		return time.Time{}, fmt.Errorf("pidfd_open %d (%s): %w", c.Pid, c.Comm, err)
+	}
+	if st, err := p.StartTime(c.Pid); err != nil || st != c.StartTime {
+		unix.Close(pidfd)
+		return time.Time{}, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+	}
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
+		unix.Close(pidfd)
+		if err == unix.ESRCH {
+			return time.Time{}, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+		}
+		return time.Time{}, fmt.Errorf("kill pid %d (%s): %w", c.Pid, c.Comm, err)
+	}
+	sent := time.Now()
+	go release(pidfd)
+	return sent, nil
+}
+
+// release reaps the killed process's memory from this thread. EINVAL means
+// the victim is not yet or no longer dying in a way mrelease can help, ESRCH
+// that it is gone: both fine. ENOSYS: a kernel before 5.15.
+func release(pidfd int) {
+	defer unix.Close(pidfd)
+	for i := 0; i < 3; i++ {
+		_, _, errno := unix.Syscall(unix.SYS_PROCESS_MRELEASE, uintptr(pidfd), 0, 0)
+		if errno != unix.EINVAL {
+			return
+		}
+		// SIGKILL is delivered asynchronously: give the victim a moment to
+		// start exiting, then try once more.
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Cgroup kills every process in rel and its descendants. With a v1 freezer
+// for the same cgroup, the cgroup is frozen first (no fork escapes the kill,
+// no process runs on to allocate), every process gets SIGKILL, and the
+// cgroup is thawed so they can die. Without one it sweeps until the cgroup
+// is empty. It returns the processes it signalled.
+func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([]Candidate, error) {
+	frozen := false
+	if freezer != nil && freezer.Exists(rel) {
+		frozen = freeze(freezer, rel)
+		defer thaw(freezer, rel)
+	}
+	var killed []Candidate
+	seen := map[int]bool{}
+	rounds := 1
+	if !frozen {
+		rounds = 10
+	}
+	for i := 0; i < rounds; i++ {
+		cands, err := Candidates(fs, p, rel)
+		if err != nil && len(cands) == 0 {
+			return killed, err
+		}
+		n := 0
+		for _, c := range cands {
+			if c.Pid == self || seen[c.Pid] {
+				continue
+			}
+			if _, err := p.Process(c); err == nil {
+				killed = append(killed, c)
+				n++
+			}
+			seen[c.Pid] = true
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if len(killed) == 0 {
+		return nil, fmt.Errorf("cgroup %s: %w", fs.Path(rel, ""), ErrNoVictim)
+	}
+	return killed, nil
+}
+
+// freeze asks the v1 freezer to stop every task in rel and waits briefly
+// for it. A freeze that does not complete (a task stuck in the kernel) is
+// not an error: the kill goes ahead.
+func freeze(freezer *cgroup.FS, rel string) bool {
+	if err := freezer.WriteFile(rel, "freezer.state", "FROZEN"); err != nil {
+		return false
+	}
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for {
+		state, err := freezer.ReadFile(rel, "freezer.state")
+		if err == nil && string(state) == "FROZEN\n" {
+			return true
+		}
+		if err != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func thaw(freezer *cgroup.FS, rel string) {
+	_ = freezer.WriteFile(rel, "freezer.state", "THAWED")
+}
