@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/testenv"
@@ -90,7 +91,7 @@ func TestV1RealCgroup(t *testing.T) {
 	if v, err := mem.SoftLimit(rel); err != nil || v != 32<<20 {
 		t.Fatalf("soft limit %d, %v", v, err)
 	}
-	if err := mem.Reclaim(rel, 0); err != nil {
+	if err := mem.Reclaim(rel, 0, time.Second); err != nil {
 		t.Fatalf("force_empty: %v", err)
 	}
 	if st, _ = mem.Stat(rel); st.Reclaimable > 4<<20 {

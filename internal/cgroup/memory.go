@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,9 +42,10 @@ type Memory interface {
 	Stat(rel string) (Stat, error)
 	// OOMKills is the kernel's cumulative count of OOM kills charged to the cgroup.
 	OOMKills(rel string) (uint64, error)
-	// Reclaim asks the kernel to reclaim from the cgroup. It may block for
-	// as long as the kernel takes; callers bound it (see internal/guard).
-	Reclaim(rel string, bytes uint64) error
+	// Reclaim asks the kernel to reclaim up to bytes from the cgroup and
+	// gives up after budget (ErrBudget): reclaim can take as long as the
+	// kernel finds pages to drop.
+	Reclaim(rel string, bytes uint64, budget time.Duration) error
 	// SoftLimit reads and SetSoftLimit sets the limit at which the kernel
 	// starts reclaiming from the cgroup early (v1 soft limit, v2 memory.high).
 	SoftLimit(rel string) (uint64, error)
@@ -162,8 +164,8 @@ func (m *V1) OOMControl(rel string) (map[string]uint64, error) {
 // reclaims until the cgroup is empty or reclaim stops making progress, and
 // returns EINTR early if the writing thread gets a signal. v1 has no way to
 // ask for a given amount, so bytes is ignored.
-func (m *V1) Reclaim(rel string, _ uint64) error {
-	return m.fs.WriteFile(rel, "memory.force_empty", "0")
+func (m *V1) Reclaim(rel string, _ uint64, budget time.Duration) error {
+	return m.fs.WriteBounded(rel, "memory.force_empty", "0", budget)
 }
 
 func (m *V1) SoftLimit(rel string) (uint64, error) {
@@ -221,8 +223,8 @@ func (m *V2) Events(rel string) (map[string]uint64, error) {
 }
 
 // Reclaim writes memory.reclaim (5.19+), which reclaims at most bytes.
-func (m *V2) Reclaim(rel string, bytes uint64) error {
-	return m.fs.WriteFile(rel, "memory.reclaim", fmt.Sprint(bytes))
+func (m *V2) Reclaim(rel string, bytes uint64, budget time.Duration) error {
+	return m.fs.WriteBounded(rel, "memory.reclaim", fmt.Sprint(bytes), budget)
 }
 
 func (m *V2) SoftLimit(rel string) (uint64, error) { return m.fs.ReadUint(rel, "memory.high") }

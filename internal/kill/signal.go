@@ -65,6 +65,12 @@ func release(pidfd int) {
 // cgroup is thawed so they can die. Without one it sweeps until the cgroup
 // is empty. It returns the processes it signalled.
 func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([]Candidate, error) {
+	killed, _, err := p.cgroup(fs, freezer, rel, self)
+	return killed, err
+}
+
+func (p Proc) cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([]Candidate, time.Time, error) {
+	var first time.Time
 	frozen := false
 	if freezer != nil && freezer.Exists(rel) {
 		frozen = freeze(freezer, rel)
@@ -79,14 +85,17 @@ func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 	for i := 0; i < rounds; i++ {
 		cands, err := Candidates(fs, p, rel)
 		if err != nil && len(cands) == 0 {
-			return killed, err
+			return killed, first, err
 		}
 		n := 0
 		for _, c := range cands {
 			if c.Pid == self || seen[c.Pid] {
 				continue
 			}
-			if _, err := p.Process(c); err == nil {
+			if sent, err := p.Process(c); err == nil {
+				if first.IsZero() {
+					first = sent
+				}
 				killed = append(killed, c)
 				n++
 			}
@@ -97,9 +106,9 @@ func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 		}
 	}
 	if len(killed) == 0 {
-		return nil, fmt.Errorf("cgroup %s: %w", fs.Path(rel, ""), ErrNoVictim)
+		return nil, first, fmt.Errorf("cgroup %s: %w", fs.Path(rel, ""), ErrNoVictim)
 	}
-	return killed, nil
+	return killed, first, nil
 }
 
 // freeze asks the v1 freezer to stop every task in rel and waits briefly

@@ -68,3 +68,12 @@ func registerV1(fs *cgroup.FS, rel, file, arg string) (*Eventfd, error) {
 
 // ErrNotSupported is returned where a mechanism is missing on this kernel.
 var ErrNotSupported = errors.New("not supported by this kernel")
+
+// V1Notifier registers v1 memcg notifications under one hierarchy.
+type V1Notifier struct{ FS *cgroup.FS }
+
+func (n V1Notifier) Threshold(rel string, bytes uint64) (Watch, error) {
+	return V1Threshold(n.FS, rel, bytes)
+}
+
+func (n V1Notifier) OOM(rel string) (Watch, error) { return V1OOM(n.FS, rel) }

@@ -1,0 +1,321 @@
+package guard
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/notify"
+)
+
+// guard registers the threshold and OOM notifications of a limited cgroup.
+func (g *Guard) guard(c *cg) {
+	th := g.cfg.Threshold(c.limit)
+	thw, err := g.notifier.Threshold(c.rel, th)
+	if err != nil {
+		g.warnUnlessGone(c, "register threshold", err)
+		return
+	}
+	oomw, err := g.notifier.OOM(c.rel)
+	if err != nil {
+		thw.Close()
+		g.warnUnlessGone(c, "register OOM notification", err)
+		return
+	}
+	if !g.watchFd(c, thw) || !g.watchFd(c, oomw) {
+		g.closeWatch(thw)
+		g.closeWatch(oomw)
+		return
+	}
+	c.thw, c.oomw, c.threshold, c.armedLimit = thw, oomw, th, c.limit
+	g.guarded++
+	g.metrics.SetGuarded(g.guarded)
+	g.setSoftLimit(c)
+	klog.V(3).Infof("guard %s: limit %s, threshold %s", c.rel, bytesMiB(c.limit), bytesMiB(th))
+	// The kernel signals crossings only: a cgroup already above its new
+	// threshold would never be noticed, so look at it now.
+	c.recheckAt = time.Now()
+}
+
+// rearm moves the threshold after a limit change: the new eventfd is
+// registered before the old one goes, so no crossing falls between.
+func (g *Guard) rearm(c *cg) {
+	th := g.cfg.Threshold(c.limit)
+	thw, err := g.notifier.Threshold(c.rel, th)
+	if err != nil {
+		g.warnUnlessGone(c, "re-register threshold", err)
+		return
+	}
+	if !g.watchFd(c, thw) {
+		thw.Close()
+		return
+	}
+	g.closeWatch(c.thw)
+	c.thw, c.threshold, c.armedLimit = thw, th, c.limit
+	g.setSoftLimit(c)
+	klog.V(2).Infof("cgroup %s: limit now %s, threshold moved to %s", c.rel, bytesMiB(c.limit), bytesMiB(th))
+	c.recheckAt = time.Now()
+}
+
+func (g *Guard) unguard(c *cg) {
+	if !c.guarded() {
+		return
+	}
+	g.closeWatch(c.thw)
+	g.closeWatch(c.oomw)
+	c.thw, c.oomw = nil, nil
+	c.recheckAt, c.oomCheckAt = time.Time{}, time.Time{}
+	g.guarded--
+	g.metrics.SetGuarded(g.guarded)
+	if c.softLimitSaved {
+		if err := g.mem.SetSoftLimit(c.rel, c.softLimit); err != nil && !cgroup.IsNotExist(err) {
+			klog.Warningf("cgroup %s: restore soft limit: %v", c.rel, err)
+		}
+		c.softLimitSaved = false
+	}
+}
+
+func (g *Guard) watchFd(c *cg, w notify.Watch) bool {
+	if err := g.poller.Add(w.Fd()); err != nil {
+		klog.Errorf("cgroup %s: %v", c.rel, err)
+		return false
+	}
+	g.byFd[w.Fd()] = c
+	return true
+}
+
+// closeWatch takes a watch out of the epoll set before closing it: only
+// the loop thread waits on it, so nothing is closed under a waiter.
+func (g *Guard) closeWatch(w notify.Watch) {
+	if w == nil {
+		return
+	}
+	_ = g.poller.Remove(w.Fd())
+	delete(g.byFd, w.Fd())
+	w.Close()
+}
+
+func (g *Guard) setSoftLimit(c *cg) {
+	if !g.cfg.OpenSoftLimit {
+		return
+	}
+	if !c.softLimitSaved {
+		v, err := g.mem.SoftLimit(c.rel)
+		if err != nil {
+			g.warnUnlessGone(c, "read soft limit", err)
+			return
+		}
+		c.softLimit, c.softLimitSaved = v, true
+	}
+	if err := g.mem.SetSoftLimit(c.rel, c.threshold); err != nil {
+		g.warnUnlessGone(c, "set soft limit", err)
+	}
+}
+
+func (g *Guard) warnUnlessGone(c *cg, what string, err error) {
+	if cgroup.IsNotExist(err) {
+		g.forget(c)
+		return
+	}
+	klog.Warningf("cgroup %s: %s: %v", c.rel, what, err)
+}
+
+// look reads a cgroup after a notification or a recheck and acts on the
+// verdict. notified is when the kernel's notification arrived: the
+// reaction time is measured from there to the signal.
+func (g *Guard) look(c *cg, notified time.Time) {
+	if !c.guarded() {
+		return
+	}
+	usage, err := g.mem.Usage(c.rel)
+	if err != nil {
+		// The kernel signals a cgroup's eventfds when it is removed.
+		g.warnUnlessGone(c, "read usage", err)
+		return
+	}
+	limit, err := g.mem.Limit(c.rel)
+	if err != nil {
+		g.warnUnlessGone(c, "read limit", err)
+		return
+	}
+	since := time.Duration(-1)
+	if !c.lastAction.IsZero() {
+		since = notified.Sub(c.lastAction)
+	}
+	verdict := g.cfg.Assess(Look{Usage: usage, Limit: limit, ArmedLimit: c.armedLimit, SinceAction: since})
+	switch verdict {
+	case Rearm:
+		g.setLimit(c, limit)
+		return
+	case Below:
+		c.episode, c.reclaimed, c.noopShown = false, false, false
+		c.recheckAt = time.Time{}
+		return
+	case Cooling:
+		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+		return
+	}
+	c.episode = true
+	stat, err := g.mem.Stat(c.rel)
+	if err != nil {
+		g.warnUnlessGone(c, "read memory.stat", err)
+		return
+	}
+	if g.cfg.Judge(limit, stat.Reclaimable) == StandDown {
+		g.standDown(c, usage, stat)
+		return
+	}
+	g.act(c, usage, limit, stat, notified)
+}
+
+// standDown leaves a cgroup with much reclaimable page cache to the
+// kernel's reclaim, asks for reclaim once per episode (off the loop, bounded),
+// and looks again soon: the kernel will not signal again while usage stays
+// above the threshold.
+func (g *Guard) standDown(c *cg, usage uint64, stat cgroup.Stat) {
+	g.metrics.StandDown("reclaimable-cache")
+	if !c.reclaimed {
+		c.reclaimed = true
+		klog.V(2).Infof("cgroup %s: usage %s above threshold %s, but %s of page cache is reclaimable: standing down, requesting reclaim",
+			c.rel, bytesMiB(usage), bytesMiB(c.threshold), bytesMiB(stat.Reclaimable))
+		select {
+		case g.reclaims <- c.rel:
+		default:
+		}
+	}
+	c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+}
+
+// reclaimer runs reclaim requests one at a time, each bounded by
+// ReclaimBudget, so reclaim never stalls the loop.
+func (g *Guard) reclaimer(quit <-chan struct{}) {
+	for {
+		select {
+		case <-quit:
+			return
+		case rel := <-g.reclaims:
+			start := time.Now()
+			err := g.mem.Reclaim(rel, g.cfg.MaxMargin, g.cfg.ReclaimBudget)
+			switch {
+			case errors.Is(err, cgroup.ErrBudget):
+				klog.V(2).Infof("cgroup %s: reclaim stopped at its %v budget", rel, g.cfg.ReclaimBudget)
+			case err != nil && !cgroup.IsNotExist(err):
+				klog.V(2).Infof("cgroup %s: reclaim: %v", rel, err)
+			default:
+				klog.V(3).Infof("cgroup %s: reclaim took %v", rel, time.Since(start))
+			}
+		}
+	}
+}
+
+// act applies the policy. The victim is the process the kernel would choose;
+// for the container policy its whole cgroup goes.
+func (g *Guard) act(c *cg, usage, limit uint64, stat cgroup.Stat, notified time.Time) {
+	cands, err := g.killer.Candidates(c.rel)
+	if err != nil && len(cands) == 0 {
+		g.warnUnlessGone(c, "list processes", err)
+		return
+	}
+	victim, ok := kill.Choose(cands, g.self)
+	if !ok {
+		klog.Warningf("cgroup %s: usage %s above threshold %s, but no process may be killed", c.rel, bytesMiB(usage), bytesMiB(c.threshold))
+		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		return
+	}
+	ev := event.Event{
+		Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(victim.Cgroup),
+		Threshold: c.threshold, Usage: usage, Limit: limit, Stats: stat.Text, Policy: g.cfg.Policy.Title(),
+	}
+	var killed []kill.Candidate
+	var sent time.Time
+	switch g.cfg.Policy {
+	case PolicyNoop:
+		if c.noopShown {
+			return
+		}
+		c.noopShown = true
+		killed, ev.Reason = []kill.Candidate{victim}, event.WouldKill
+	case PolicyProcess:
+		sent, err = g.killer.KillProcess(victim)
+		killed, ev.Reason = []kill.Candidate{victim}, event.KillProcess
+	case PolicyContainer:
+		killed, sent, err = g.killer.KillContainer(victim.Cgroup)
+		ev.Reason = event.KillContainer
+	}
+	c.lastAction = time.Now()
+	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+	if err != nil {
+		klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, victim.Pid, victim.Comm, err)
+		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		return
+	}
+	reaction := sent.Sub(notified)
+	if !sent.IsZero() {
+		g.metrics.Action(ev.Reason, reaction)
+		if g.Observe != nil {
+			g.Observe(reaction)
+		}
+	} else {
+		g.metrics.Action(ev.Reason, 0)
+	}
+	g.report(ev, killed, reaction)
+}
+
+func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Duration) {
+	ev.Timestamp = time.Now()
+	for _, k := range killed {
+		ev.Processes = append(ev.Processes, event.Process{
+			Pid: k.Pid, Comm: k.Comm, OOMScore: k.OOMScore, Cgroup: g.absPath(k.Cgroup),
+			AnonRSSKB: k.Status.RssAnonKB, FileRSSKB: k.Status.RssFileKB, ShmemRSSKB: k.Status.RssShmemKB, TotalVMKB: k.Status.VmSizeKB,
+		})
+	}
+	ev.Killed = event.KilledField(ev.Processes)
+	verb := map[event.Reason]string{event.WouldKill: "would kill", event.KillProcess: "killed", event.KillContainer: "killed container of"}[ev.Reason]
+	ev.Message = fmt.Sprintf("%s %s in %s: usage %s over threshold %s (limit %s), policy %s",
+		verb, ev.Killed, ev.OOMCgroup, bytesMiB(ev.Usage), bytesMiB(ev.Threshold), bytesMiB(ev.Limit), g.cfg.Policy)
+	if reaction > 0 {
+		ev.Message += fmt.Sprintf(", %v after the kernel's notification", reaction.Round(time.Microsecond))
+	}
+	g.sink.Send(ev)
+}
+
+// onKernelOOM: the kernel found the cgroup out of memory. It notifies
+// before it picks and kills a victim, so the kill counters are read a
+// little later, and once more after that for a slow kill.
+func (g *Guard) onKernelOOM(c *cg, notified time.Time) {
+	klog.V(2).Infof("cgroup %s: the kernel reports it out of memory", c.rel)
+	c.oomCheckAt = notified.Add(10 * time.Millisecond)
+}
+
+// countKernelKills reports kernel OOM kills in c and its descendants since
+// the last count (v1's oom_kill is charged to the victim's own cgroup).
+func (g *Guard) countKernelKills(c *cg) {
+	for rel, d := range g.known {
+		if rel != c.rel && !isUnder(rel, c.rel) {
+			continue
+		}
+		n, err := g.mem.OOMKills(rel)
+		if err != nil || n <= d.oomKills {
+			continue
+		}
+		delta := n - d.oomKills
+		d.oomKills = n
+		g.metrics.KernelKill(event.CgroupOOM)
+		usage, _ := g.mem.Usage(c.rel)
+		stat, _ := g.mem.Stat(c.rel)
+		g.sink.Send(event.Event{
+			Hostname: g.cfg.Hostname, Timestamp: time.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text, Policy: "Kernel", Reason: event.CgroupOOM,
+			Message: fmt.Sprintf("the kernel OOM-killed %d process(es) in %s (limit %s of %s hit)", delta, g.absPath(rel), bytesMiB(c.limit), g.absPath(c.rel)),
+		})
+	}
+}
+
+func isUnder(rel, parent string) bool {
+	return parent == "/" || len(rel) > len(parent) && rel[:len(parent)] == parent && rel[len(parent)] == '/'
+}

@@ -1,0 +1,158 @@
+// Package guard is the decision loop: it keeps a threshold just under every
+// limited memory cgroup, and when the kernel says usage crossed it, decides
+// (re-arm, stand down for page cache, or act by policy) and acts before the
+// kernel's own OOM killer has to. It depends only on the interfaces in
+// ports.go; cmd/oom-guard wires the real kernel, killer and sinks in.
+package guard
+
+import (
+	"fmt"
+	"time"
+)
+
+// Policy is what the guard does when a cgroup crosses its threshold.
+type Policy string
+
+const (
+	// PolicyProcess kills the process with the highest oom_score.
+	PolicyProcess Policy = "process"
+	// PolicyContainer kills every process of the victim's container cgroup.
+	PolicyContainer Policy = "container"
+	// PolicyNoop only reports what it would have killed.
+	PolicyNoop Policy = "noop"
+)
+
+// ParsePolicy accepts the --policy values.
+func ParsePolicy(s string) (Policy, error) {
+	switch p := Policy(s); p {
+	case PolicyProcess, PolicyContainer, PolicyNoop:
+		return p, nil
+	}
+	return "", fmt.Errorf("unknown policy %q (want process, container or noop)", s)
+}
+
+// Title is the policy as the seed's event spells it ("Container").
+func (p Policy) Title() string {
+	if p == "" {
+		return ""
+	}
+	return string(p[0]-'a'+'A') + string(p[1:])
+}
+
+// Config holds every tunable of the guard. Sizes are bytes.
+type Config struct {
+	MarginRatio          float64
+	MinMargin, MaxMargin uint64
+	Policy               Policy
+	// GuardInterval: after acting on a cgroup, give the freed memory this
+	// long to show before acting on it again (--guard-ms): one spike, one kill.
+	GuardInterval time.Duration
+	// RecheckInterval: how often a cgroup still above its threshold is
+	// looked at again while the guard stands down or waits (the kernel
+	// only notifies crossings, not a cgroup that stays above).
+	RecheckInterval time.Duration
+	// ReclaimableRatio: stand down while the cgroup's reclaimable page
+	// cache is at least this fraction of its limit; 0 never stands down.
+	ReclaimableRatio float64
+	// ReclaimBudget bounds one reclaim request (force_empty, memory.reclaim).
+	ReclaimBudget time.Duration
+	// OpenSoftLimit also sets each guarded cgroup's soft limit at the
+	// threshold, restored when the guard lets go of the cgroup.
+	OpenSoftLimit bool
+	WalkInterval  time.Duration
+	InotifyReset  time.Duration
+	Hostname      string
+}
+
+// DefaultConfig is the seed DaemonSet's configuration.
+func DefaultConfig() Config {
+	return Config{
+		MarginRatio: 0.02, MinMargin: 1 << 20, MaxMargin: 30 << 20,
+		Policy: PolicyContainer, GuardInterval: 50 * time.Millisecond,
+		RecheckInterval: 5 * time.Millisecond, ReclaimableRatio: 0.1,
+		ReclaimBudget: 100 * time.Millisecond,
+		WalkInterval:  277 * time.Second, InotifyReset: 701 * time.Second,
+	}
+}
+
+// Validate reports the first invalid setting.
+func (c Config) Validate() error {
+	switch {
+	case !(c.MarginRatio > 0 && c.MarginRatio < 1):
+		return fmt.Errorf("margin ratio %v outside (0,1)", c.MarginRatio)
+	case c.MinMargin > c.MaxMargin:
+		return fmt.Errorf("min margin %d MiB above max margin %d MiB", c.MinMargin>>20, c.MaxMargin>>20)
+	case c.ReclaimableRatio < 0 || c.ReclaimableRatio >= 1:
+		return fmt.Errorf("reclaimable ratio %v outside [0,1)", c.ReclaimableRatio)
+	case c.GuardInterval < 0 || c.RecheckInterval <= 0 || c.ReclaimBudget <= 0:
+		return fmt.Errorf("guard, recheck and reclaim intervals must be positive")
+	case c.WalkInterval <= 0 || c.InotifyReset <= 0:
+		return fmt.Errorf("walk and inotify reset intervals must be positive")
+	}
+	_, err := ParsePolicy(string(c.Policy))
+	return err
+}
+
+// Threshold is limit - clamp(limit x ratio, min, max). A limit so small
+// that the margin would eat half of it keeps half instead, so the guard
+// never fires on an idle cgroup.
+func (c Config) Threshold(limit uint64) uint64 {
+	margin := uint64(float64(limit) * c.MarginRatio)
+	margin = max(margin, c.MinMargin)
+	margin = min(margin, c.MaxMargin)
+	margin = min(margin, limit/2)
+	return limit - margin
+}
+
+// Verdict is what the guard decides on looking at a cgroup.
+type Verdict int
+
+const (
+	// Below: usage is under the threshold; nothing to do.
+	Below Verdict = iota
+	// Rearm: the limit changed since the threshold was set.
+	Rearm
+	// Cooling: the guard acted on this cgroup less than GuardInterval ago.
+	Cooling
+	// StandDown: above the threshold, but enough page cache is reclaimable
+	// that the kernel will reclaim rather than OOM-kill.
+	StandDown
+	// Act: kill (or, with noop, report) by policy.
+	Act
+)
+
+var verdictNames = [...]string{"below", "rearm", "cooling", "stand-down", "act"}
+
+func (v Verdict) String() string { return verdictNames[v] }
+
+// Look is what the guard read of a cgroup when it looked.
+type Look struct {
+	Usage, Limit uint64
+	// ArmedLimit is the limit the current threshold was computed from.
+	ArmedLimit uint64
+	// SinceAction is the time since the guard last acted on the cgroup;
+	// negative if it never did.
+	SinceAction time.Duration
+}
+
+// Assess is the first, cheap stage: from usage and limit alone. A result
+// of Act means "read memory.stat and call Judge".
+func (c Config) Assess(l Look) Verdict {
+	switch {
+	case l.Limit != l.ArmedLimit:
+		return Rearm
+	case l.Usage < c.Threshold(l.Limit):
+		return Below
+	case l.SinceAction >= 0 && l.SinceAction < c.GuardInterval:
+		return Cooling
+	}
+	return Act
+}
+
+// Judge is the second stage, once memory.stat is read.
+func (c Config) Judge(limit, reclaimable uint64) Verdict {
+	if c.ReclaimableRatio > 0 && float64(reclaimable) >= c.ReclaimableRatio*float64(limit) {
+		return StandDown
+	}
+	return Act
+}

@@ -1,0 +1,76 @@
+package guard
+
+import (
+	"testing"
+	"time"
+)
+
+func TestThreshold(t *testing.T) {
+	cfg := DefaultConfig()
+	const M = 1 << 20
+	for _, tc := range []struct{ limit, want uint64 }{
+		{1000 * M, 980 * M},      // the seed's example: 2% of 1000M
+		{10 * M, 9 * M},          // 2% is 0.2M: min margin 1M
+		{4096 * M, 4066 * M},     // 2% is 82M: max margin 30M
+		{1 * M, 1*M - 512*1024},  // margin never more than half the limit
+		{64 * M, 64*M - 1342177}, // 2% of 64M
+	} {
+		if got := cfg.Threshold(tc.limit); got != tc.want {
+			t.Errorf("Threshold(%d) = %d, want %d", tc.limit, got, tc.want)
+		}
+	}
+}
+
+func TestAssessAndJudge(t *testing.T) {
+	cfg := DefaultConfig()
+	const M = 1 << 20
+	for _, tc := range []struct {
+		name string
+		look Look
+		want Verdict
+	}{
+		{"below", Look{Usage: 900 * M, Limit: 1000 * M, ArmedLimit: 1000 * M, SinceAction: -1}, Below},
+		{"crossed", Look{Usage: 985 * M, Limit: 1000 * M, ArmedLimit: 1000 * M, SinceAction: -1}, Act},
+		{"limit raised", Look{Usage: 985 * M, Limit: 2000 * M, ArmedLimit: 1000 * M, SinceAction: -1}, Rearm},
+		{"limit lowered", Look{Usage: 100 * M, Limit: 500 * M, ArmedLimit: 1000 * M, SinceAction: -1}, Rearm},
+		{"just acted", Look{Usage: 985 * M, Limit: 1000 * M, ArmedLimit: 1000 * M, SinceAction: 10 * time.Millisecond}, Cooling},
+		{"acted long ago", Look{Usage: 985 * M, Limit: 1000 * M, ArmedLimit: 1000 * M, SinceAction: time.Second}, Act},
+	} {
+		if got := cfg.Assess(tc.look); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if v := cfg.Judge(1000*M, 200*M); v != StandDown {
+		t.Errorf("much cache: %v", v)
+	}
+	if v := cfg.Judge(1000*M, 5*M); v != Act {
+		t.Errorf("little cache: %v", v)
+	}
+	cfg.ReclaimableRatio = 0
+	if v := cfg.Judge(1000*M, 900*M); v != Act {
+		t.Errorf("stand-down disabled: %v", v)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, mutate := range []func(*Config){
+		func(c *Config) { c.MarginRatio = 0 },
+		func(c *Config) { c.MarginRatio = 1 },
+		func(c *Config) { c.MinMargin = c.MaxMargin + 1 },
+		func(c *Config) { c.Policy = "reboot" },
+		func(c *Config) { c.ReclaimableRatio = 1.5 },
+		func(c *Config) { c.WalkInterval = 0 },
+	} {
+		cfg := DefaultConfig()
+		mutate(&cfg)
+		if cfg.Validate() == nil {
+			t.Errorf("invalid config accepted: %+v", cfg)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if PolicyContainer.Title() != "Container" {
+		t.Fatal(PolicyContainer.Title())
+	}
+}

@@ -1,0 +1,279 @@
+package guard
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/notify"
+)
+
+// cg is everything the loop knows of one cgroup directory. Every cgroup
+// under the root is known (and inotify-watched); only limited ones are guarded.
+type cg struct {
+	rel   string
+	limit uint64 // as last read; cgroup.Unlimited when none
+
+	// Set while guarded.
+	threshold  uint64
+	armedLimit uint64
+	thw, oomw  notify.Watch
+
+	recheckAt  time.Time // zero: no recheck pending
+	lastAction time.Time
+	episode    bool // above the threshold since the last time it was below
+	reclaimed  bool // reclaim already requested in this episode
+	noopShown  bool // the noop policy already reported this episode
+
+	softLimit      uint64 // the soft limit before the guard set its own
+	softLimitSaved bool
+
+	oomKills   uint64    // kernel oom_kill count already reported
+	oomCheckAt time.Time // zero: no kernel OOM count check pending
+}
+
+func (c *cg) guarded() bool { return c.thw != nil }
+
+// Guard is the loop. Create with New, start with Run.
+type Guard struct {
+	cfg      Config
+	mem      cgroup.Memory
+	notifier Notifier
+	killer   Killer
+	sink     Sink
+	metrics  Metrics
+	self     int
+
+	poller  *notify.Poller
+	inotify *notify.Inotify
+	known   map[string]*cg
+	byFd    map[int]*cg
+	guarded int
+
+	walks     chan map[string]uint64
+	walkAsk   chan struct{}
+	reclaims  chan string
+	nextReset time.Time
+
+	alive atomic.Int64 // unix nanos of the loop's last turn
+	done  atomic.Bool
+	// Observe, if set, is called in the loop after each action with the
+	// time from the kernel's notification to the signal (for benchmarks).
+	Observe func(reaction time.Duration)
+}
+
+// New makes a guard over mem's hierarchy. It does nothing until Run.
+func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics) (*Guard, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = NopMetrics{}
+	}
+	return &Guard{
+		cfg: cfg, mem: mem, notifier: n, killer: k, sink: s, metrics: m, self: os.Getpid(),
+		known: map[string]*cg{}, byFd: map[int]*cg{},
+		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
+		reclaims: make(chan string, 64),
+	}, nil
+}
+
+// Healthy is nil while the loop runs.
+func (g *Guard) Healthy() error {
+	if g.done.Load() {
+		return errors.New("guard loop stopped")
+	}
+	return nil
+}
+
+// Run guards until stop is closed, then lets go of every cgroup (restoring
+// soft limits, unregistering every eventfd) and returns.
+func (g *Guard) Run(stop <-chan struct{}) error {
+	// The loop owns its thread: epoll, eventfd reads and the kill all
+	// happen here, without a hand-off between threads on the hot path.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer g.done.Store(true)
+
+	var err error
+	if g.poller, err = notify.NewPoller(); err != nil {
+		return err
+	}
+	defer g.poller.Close()
+	if err := g.resetInotify(); err != nil {
+		return err
+	}
+	defer g.releaseAll()
+
+	start := time.Now()
+	g.applyWalk(g.walk())
+	klog.Infof("guarding %d of %d cgroups under %s (%s, policy %s), first walk took %v",
+		g.guarded, len(g.known), g.mem.FS().Root, g.mem.Version(), g.cfg.Policy, time.Since(start).Round(time.Microsecond))
+
+	quit := make(chan struct{})
+	defer close(quit)
+	go g.walker(quit)
+	go g.reclaimer(quit)
+	go func() {
+		select {
+		case <-stop:
+			g.poller.Wake()
+		case <-quit:
+		}
+	}()
+
+	for {
+		g.alive.Store(time.Now().UnixNano())
+		ready, woken, err := g.poller.Wait(g.nextTimeout(time.Now()))
+		notified := time.Now()
+		if err != nil {
+			return err
+		}
+		for _, fd := range ready {
+			g.dispatch(fd, notified)
+		}
+		if woken {
+			select {
+			case <-stop:
+				klog.Info("stopping: releasing every guarded cgroup")
+				return nil
+			default:
+			}
+		}
+		select {
+		case found := <-g.walks:
+			g.applyWalk(found)
+		default:
+		}
+		g.runTimers(time.Now())
+	}
+}
+
+func (g *Guard) dispatch(fd int, notified time.Time) {
+	if g.inotify != nil && fd == g.inotify.Fd() {
+		g.onInotify()
+		return
+	}
+	c, ok := g.byFd[fd]
+	if !ok {
+		return
+	}
+	switch {
+	case c.thw != nil && fd == c.thw.Fd():
+		_ = c.thw.Drain()
+		g.metrics.Crossing()
+		g.look(c, notified)
+	case c.oomw != nil && fd == c.oomw.Fd():
+		_ = c.oomw.Drain()
+		g.onKernelOOM(c, notified)
+	}
+}
+
+// nextTimeout is the time until the earliest pending recheck, OOM count
+// check or inotify reset.
+func (g *Guard) nextTimeout(now time.Time) time.Duration {
+	next := g.nextReset
+	for _, c := range g.pending() {
+		for _, t := range []time.Time{c.recheckAt, c.oomCheckAt} {
+			if !t.IsZero() && t.Before(next) {
+				next = t
+			}
+		}
+	}
+	return max(next.Sub(now), 0)
+}
+
+// pending lists the cgroups with a timer set. Few are: only those above
+// their threshold or just after a kernel OOM.
+func (g *Guard) pending() []*cg {
+	var out []*cg
+	for _, c := range g.byFd {
+		if !c.recheckAt.IsZero() || !c.oomCheckAt.IsZero() {
+			out = append(out, c)
+		}
+	}
+	return dedupe(out)
+}
+
+func dedupe(cs []*cg) []*cg {
+	seen := map[*cg]bool{}
+	out := cs[:0]
+	for _, c := range cs {
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (g *Guard) runTimers(now time.Time) {
+	for _, c := range g.pending() {
+		if !c.recheckAt.IsZero() && !now.Before(c.recheckAt) {
+			c.recheckAt = time.Time{}
+			g.look(c, now)
+		}
+		if !c.oomCheckAt.IsZero() && !now.Before(c.oomCheckAt) {
+			c.oomCheckAt = time.Time{}
+			g.countKernelKills(c)
+		}
+	}
+	if !now.Before(g.nextReset) {
+		if err := g.resetInotify(); err != nil {
+			klog.Errorf("inotify reset: %v", err)
+		}
+	}
+}
+
+// resetInotify re-creates every inotify watch from scratch, then asks for a
+// full walk to catch whatever happened between the old and the new watches.
+func (g *Guard) resetInotify() error {
+	if g.inotify != nil {
+		_ = g.poller.Remove(g.inotify.Fd())
+		g.inotify.Close()
+		g.inotify = nil
+	}
+	in, err := notify.NewInotify()
+	if err != nil {
+		return err
+	}
+	if err := g.poller.Add(in.Fd()); err != nil {
+		in.Close()
+		return err
+	}
+	g.inotify = in
+	for rel := range g.known {
+		g.watchDir(rel)
+	}
+	g.nextReset = time.Now().Add(g.cfg.InotifyReset)
+	g.askWalk()
+	return nil
+}
+
+func (g *Guard) watchDir(rel string) {
+	if err := g.inotify.Add(g.mem.FS().Path(rel, "")); err != nil && !cgroup.IsNotExist(err) {
+		klog.Warningf("cgroup %s: %v (it is still found by the periodic walk)", rel, err)
+	}
+}
+
+// releaseAll lets go of every cgroup: soft limits restored, eventfds closed.
+func (g *Guard) releaseAll() {
+	for _, c := range g.known {
+		g.unguard(c)
+	}
+	if g.inotify != nil {
+		_ = g.poller.Remove(g.inotify.Fd())
+		g.inotify.Close()
+	}
+	g.metrics.SetGuarded(0)
+}
+
+func (g *Guard) absPath(rel string) string { return g.mem.FS().Path(rel, "") }
+
+func bytesMiB(b uint64) string { return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20)) }

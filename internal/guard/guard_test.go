@@ -1,0 +1,307 @@
+package guard_test
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/notify"
+	"github.com/oom-guard/oom-guard/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	testenv.RunHogIfRequested()
+	os.Exit(m.Run())
+}
+
+// events collects what the guard reports.
+type events struct {
+	mu         sync.Mutex
+	evs        []event.Event
+	ch         chan event.Event
+	standDowns int
+	crossings  int
+}
+
+// events is also the guard's Metrics, to see what it decided.
+func (e *events) SetGuarded(int)                     {}
+func (e *events) Action(event.Reason, time.Duration) {}
+func (e *events) KernelKill(event.Reason)            {}
+func (e *events) Crossing()                          { e.mu.Lock(); e.crossings++; e.mu.Unlock() }
+func (e *events) StandDown(string)                   { e.mu.Lock(); e.standDowns++; e.mu.Unlock() }
+
+func (e *events) Send(ev event.Event) {
+	e.mu.Lock()
+	e.evs = append(e.evs, ev)
+	e.mu.Unlock()
+	select {
+	case e.ch <- ev:
+	default:
+	}
+}
+
+func (e *events) wait(t *testing.T, reason event.Reason, d time.Duration) event.Event {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case ev := <-e.ch:
+			if ev.Reason == reason {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no %s event within %v; got %+v", reason, d, e.all())
+		}
+	}
+}
+
+func (e *events) all() []event.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]event.Event(nil), e.evs...)
+}
+
+// startGuard runs a guard over the test's own cgroup sub-tree only.
+func startGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) *events {
+	t.Helper()
+	mem, err := cgroup.Open(cg.Mem.Path(cg.Rel, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	freezer, err := cgroup.V1Sibling(mem.FS().Root, "freezer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &events{ch: make(chan event.Event, 100)}
+	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()},
+		kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}, sink, sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() { done <- g.Run(stop) }()
+	t.Cleanup(func() {
+		close(stop)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("guard: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("guard did not stop within 5s")
+		}
+	})
+	waitGuarded(t, g)
+	return sink
+}
+
+func waitGuarded(t *testing.T, g *guard.Guard) {
+	time.Sleep(50 * time.Millisecond) // the first walk runs at Run's start
+}
+
+func testConfig() guard.Config {
+	cfg := guard.DefaultConfig()
+	cfg.Policy = guard.PolicyProcess
+	cfg.Hostname = "test"
+	return cfg
+}
+
+func oomKills(t *testing.T, cg *testenv.Cgroup, rel string) uint64 {
+	t.Helper()
+	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
+	n, err := mem.OOMKills(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func exited(t *testing.T, cmd *exec.Cmd, d time.Duration) syscall.WaitStatus {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return cmd.ProcessState.Sys().(syscall.WaitStatus)
+	case <-time.After(d):
+		t.Fatalf("pid %d still running after %v", cmd.Process.Pid, d)
+	}
+	return 0
+}
+
+// A process allocating as fast as it can is killed by the guard, and the
+// kernel's OOM killer never runs.
+func TestGuardPreemptsKernel(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 64<<20)
+	sink := startGuard(t, cg, testConfig())
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	ev := sink.wait(t, event.KillProcess, 10*time.Second)
+	ws := exited(t, hog, 5*time.Second)
+	if ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("hog ended with %v", ws)
+	}
+	if n := oomKills(t, cg, rel); n != 0 {
+		t.Fatalf("the kernel OOM-killed %d processes", n)
+	}
+	if len(ev.Processes) != 1 || ev.Processes[0].Pid != hog.Process.Pid {
+		t.Fatalf("event names %+v, want pid %d", ev.Processes, hog.Process.Pid)
+	}
+	want := "/" + strconv.Itoa(hog.Process.Pid) + "("
+	if ev.Killed[:len(want)-1] != want[1:] || ev.OOMCgroup != cg.Path("c") || ev.Policy != "Process" || ev.Usage < ev.Threshold {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+// With noop the guard reports what it would kill and leaves the rest to the kernel.
+func TestNoopLeavesItToTheKernel(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 64<<20)
+	cfg := testConfig()
+	cfg.Policy = guard.PolicyNoop
+	sink := startGuard(t, cg, cfg)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	ev := sink.wait(t, event.WouldKill, 10*time.Second)
+	if ev.Processes[0].Pid != hog.Process.Pid {
+		t.Fatalf("would kill %+v", ev.Processes)
+	}
+	exited(t, hog, 10*time.Second)
+	if n := oomKills(t, cg, rel); n != 1 {
+		t.Fatalf("kernel oom_kill = %d, want 1", n)
+	}
+	k := sink.wait(t, event.CgroupOOM, 5*time.Second)
+	if k.ProcCgroup != cg.Path("c") {
+		t.Fatalf("kernel kill event %+v", k)
+	}
+	if n := len(filter(sink.all(), event.WouldKill)); n != 1 {
+		t.Fatalf("noop reported %d times for one spike", n)
+	}
+}
+
+func filter(evs []event.Event, r event.Reason) []event.Event {
+	var out []event.Event
+	for _, e := range evs {
+		if e.Reason == r {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// The process policy kills the highest oom_score and spares the others.
+func TestProcessPolicyPicksHighestScore(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 96<<20)
+	var decoys []*exec.Cmd
+	for _, adj := range []string{"100", "200"} {
+		d := testenv.HogCommand(testenv.HogSpec{MiB: 16, Hold: true})
+		cg.Start(t, rel, d)
+		writeAdj(t, d.Process.Pid, adj)
+		decoys = append(decoys, d)
+	}
+	time.Sleep(200 * time.Millisecond) // let the decoys allocate
+	sink := startGuard(t, cg, testConfig())
+	victim := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, cg.Child(t, "c/worker", 0), victim)
+	writeAdj(t, victim.Process.Pid, "500")
+	ev := sink.wait(t, event.KillProcess, 10*time.Second)
+	exited(t, victim, 5*time.Second)
+	if ev.Processes[0].Pid != victim.Process.Pid || ev.ProcCgroup != cg.Path("c/worker") {
+		t.Fatalf("killed %+v in %s, want %d", ev.Processes, ev.ProcCgroup, victim.Process.Pid)
+	}
+	for _, d := range decoys {
+		if err := d.Process.Signal(syscall.Signal(0)); err != nil {
+			t.Fatalf("decoy %d died", d.Process.Pid)
+		}
+	}
+}
+
+func writeAdj(t *testing.T, pid int, adj string) {
+	t.Helper()
+	if err := os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte(adj), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The container policy kills every process of the victim's cgroup.
+func TestContainerPolicyKillsEveryTask(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 64<<20)
+	cfg := testConfig()
+	cfg.Policy = guard.PolicyContainer
+	sink := startGuard(t, cg, cfg)
+	idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+	cg.Start(t, rel, idle)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	ev := sink.wait(t, event.KillContainer, 10*time.Second)
+	exited(t, hog, 5*time.Second)
+	exited(t, idle, 5*time.Second)
+	if len(ev.Processes) != 2 || ev.Policy != "Container" {
+		t.Fatalf("event %+v", ev)
+	}
+	if n := oomKills(t, cg, rel); n != 0 {
+		t.Fatalf("kernel oom_kill = %d", n)
+	}
+}
+
+// A cgroup full of page cache is left to the kernel's reclaim.
+func TestPageCacheIsNotKilled(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 64<<20)
+	sink := startGuard(t, cg, testConfig())
+	dir, err := os.MkdirTemp("/var/tmp", "oomguard-cache-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	writer := testenv.HogCommand(testenv.HogSpec{Kind: "file", MiB: 256, Dir: dir})
+	cg.Start(t, rel, writer)
+	if ws := exited(t, writer, 60*time.Second); ws.ExitStatus() != 0 {
+		t.Fatalf("writer ended with %v", ws)
+	}
+	for _, ev := range sink.all() {
+		t.Errorf("unexpected event %s: %s", ev.Reason, ev.Message)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.crossings == 0 || sink.standDowns == 0 {
+		t.Fatalf("crossings %d, stand-downs %d: the cache never reached the threshold", sink.crossings, sink.standDowns)
+	}
+	t.Logf("crossings %d, stand-downs %d", sink.crossings, sink.standDowns)
+}
+
+// A cgroup created while the guard runs is guarded, and a limit raised at
+// run time moves the threshold instead of causing a kill.
+func TestNewCgroupAndRaisedLimit(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	sink := startGuard(t, cg, testConfig())
+	rel := cg.Child(t, "late", 64<<20)
+	time.Sleep(20 * time.Millisecond)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	sink.wait(t, event.KillProcess, 10*time.Second)
+	exited(t, hog, 5*time.Second)
+
+	raised := cg.Child(t, "raised", 64<<20)
+	time.Sleep(20 * time.Millisecond)
+	cg.SetLimit(t, raised, 256<<20)
+	time.Sleep(20 * time.Millisecond)
+	steady := testenv.HogCommand(testenv.HogSpec{MiB: 100, Hold: true})
+	cg.Start(t, raised, steady)
+	time.Sleep(1 * time.Second)
+	if err := steady.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("process under a raised limit was killed; events %+v", sink.all())
+	}
+}

@@ -1,0 +1,48 @@
+package guard
+
+import (
+	"time"
+
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/notify"
+)
+
+// Notifier registers the kernel notifications for one cgroup (v1: memcg
+// eventfds). Watches are closed by the guard loop, the only one waiting on them.
+type Notifier interface {
+	// Threshold fires when the cgroup's usage crosses bytes.
+	Threshold(rel string, bytes uint64) (notify.Watch, error)
+	// OOM fires when the kernel finds the cgroup out of memory.
+	OOM(rel string) (notify.Watch, error)
+}
+
+// Killer finds and kills victims.
+type Killer interface {
+	Candidates(rel string) ([]kill.Candidate, error)
+	// KillProcess returns when the signal was sent.
+	KillProcess(c kill.Candidate) (time.Time, error)
+	// KillContainer kills every process of the container cgroup rel.
+	KillContainer(rel string) ([]kill.Candidate, time.Time, error)
+}
+
+// Sink takes events; Send must not block.
+type Sink interface{ Send(event.Event) }
+
+// Metrics is what the guard counts.
+type Metrics interface {
+	SetGuarded(n int)
+	Crossing()
+	StandDown(reason string)
+	Action(reason event.Reason, reaction time.Duration)
+	KernelKill(reason event.Reason)
+}
+
+// NopMetrics counts nothing.
+type NopMetrics struct{}
+
+func (NopMetrics) SetGuarded(int)                     {}
+func (NopMetrics) Crossing()                          {}
+func (NopMetrics) StandDown(string)                   {}
+func (NopMetrics) Action(event.Reason, time.Duration) {}
+func (NopMetrics) KernelKill(event.Reason)            {}
