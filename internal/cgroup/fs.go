@@ -11,11 +11,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,12 @@ import (
 // named by their path relative to Root, "/" being Root itself.
 type FS struct {
 	Root string
+
+	// The root directory, opened once (O_PATH) so that each access is one
+	// openat2 beneath it rather than three syscalls.
+	rootOnce sync.Once
+	rootFd   int
+	rootErr  error
 }
 
 // ErrEscape is returned for a cgroup path that would leave the root.
@@ -64,25 +71,26 @@ func (fs *FS) open(rel, file string, flags int) (*os.File, error) {
 		name = "."
 	}
 	full := fs.Path(rel, file)
-	fd, err := openBeneath(fs.Root, name, flags)
+	fd, err := fs.openBeneath(name, flags)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: full, Err: err}
 	}
 	return os.NewFile(uintptr(fd), full), nil
 }
 
-var openat2Missing bool
+var openat2Missing atomic.Bool
 
-func openBeneath(root, name string, flags int) (int, error) {
+func (fs *FS) openBeneath(name string, flags int) (int, error) {
 	flags |= unix.O_CLOEXEC
-	if !openat2Missing {
-		dirfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return -1, err
+	if !openat2Missing.Load() {
+		fs.rootOnce.Do(func() {
+			fs.rootFd, fs.rootErr = unix.Open(fs.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		})
+		if fs.rootErr != nil {
+			return -1, fs.rootErr
 		}
-		defer unix.Close(dirfd)
 		for {
-			fd, err := unix.Openat2(dirfd, name, &unix.OpenHow{
+			fd, err := unix.Openat2(fs.rootFd, name, &unix.OpenHow{
 				Flags:   uint64(flags),
 				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
 			})
@@ -92,12 +100,12 @@ func openBeneath(root, name string, flags int) (int, error) {
 			if err != unix.ENOSYS {
 				return fd, err
 			}
-			openat2Missing = true
+			openat2Missing.Store(true)
 			break
 		}
 	}
 	for {
-		fd, err := unix.Open(filepath.Join(root, name), flags, 0)
+		fd, err := unix.Open(filepath.Join(fs.Root, name), flags, 0)
 		if err != unix.EINTR {
 			return fd, err
 		}
@@ -116,11 +124,37 @@ func (fs *FS) ReadFile(rel, file string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+	return preadAll(f, make([]byte, 0, 4096))
+}
+
+// preadAll reads a whole cgroup (or proc) file from offset 0 with raw
+// pread(2) calls: no fstat, and a seq_file rewinds for every read at 0, so
+// a file kept open reads fresh values each time.
+func preadAll(f *os.File, buf []byte) ([]byte, error) {
+	fd := int(f.Fd())
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Pread(fd, buf[len(buf):cap(buf)], int64(len(buf)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		asked := cap(buf) - len(buf)
+		buf = buf[:len(buf)+n]
+		if n < asked {
+			// A seq_file hands over all it has when the buffer has room:
+			// a short read is the end, and saves the read that returns 0.
+			return buf, nil
+		}
 	}
-	return data, nil
 }
 
 // WriteFile writes data to a cgroup file in one write(2), which is what

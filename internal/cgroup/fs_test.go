@@ -101,3 +101,43 @@ func TestV1RealCgroup(t *testing.T) {
 		t.Fatalf("missing cgroup: %v", err)
 	}
 }
+
+// A Handle's kept-open files read fresh values on every read.
+func TestHandleRereads(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "h", 64<<20)
+	mem, err := cgroup.Open(testenv.V1MemoryRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := mem.Handle(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	before, err := h.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg.Start(t, rel, testenv.HogCommand(testenv.HogSpec{MiB: 16, Hold: true}))
+	var after uint64
+	for i := 0; i < 200 && after < before+12<<20; i++ {
+		sleepMs(5)
+		if after, err = h.Usage(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after < before+12<<20 {
+		t.Fatalf("usage via handle %d -> %d after a 16 MiB allocation", before, after)
+	}
+	if lim, err := h.Limit(); err != nil || lim != 64<<20 {
+		t.Fatalf("limit %d, %v", lim, err)
+	}
+	cg.SetLimit(t, rel, 96<<20)
+	if lim, err := h.Limit(); err != nil || lim != 96<<20 {
+		t.Fatalf("limit after change %d, %v", lim, err)
+	}
+	if st, err := h.Stat(); err != nil || st.Text == "" {
+		t.Fatalf("stat %+v, %v", st, err)
+	}
+}

@@ -52,6 +52,9 @@ type Memory interface {
 	SetSoftLimit(rel string, bytes uint64) error
 	// LimitFile is the file whose modification means the limit changed.
 	LimitFile() string
+	// Handle keeps the cgroup's usage, limit and stat files open for
+	// fast repeated reads.
+	Handle(rel string) (*Handle, error)
 }
 
 // Open returns the memory controller rooted at dir, which must be a memory

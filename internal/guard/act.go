@@ -16,23 +16,42 @@ import (
 // guard registers the threshold and OOM notifications of a limited cgroup.
 func (g *Guard) guard(c *cg) {
 	th := g.cfg.Threshold(c.limit)
+	files, err := g.mem.Handle(c.rel)
+	if err != nil {
+		g.warnUnlessGone(c, "open", err)
+		return
+	}
 	thw, err := g.notifier.Threshold(c.rel, th)
 	if err != nil {
+		files.Close()
 		g.warnUnlessGone(c, "register threshold", err)
+		return
+	}
+	early := g.cfg.EarlyThreshold(c.limit)
+	earlyw, err := g.notifier.Threshold(c.rel, early)
+	if err != nil {
+		files.Close()
+		thw.Close()
+		g.warnUnlessGone(c, "register early threshold", err)
 		return
 	}
 	oomw, err := g.notifier.OOM(c.rel)
 	if err != nil {
+		files.Close()
 		thw.Close()
+		earlyw.Close()
 		g.warnUnlessGone(c, "register OOM notification", err)
 		return
 	}
-	if !g.watchFd(c, thw) || !g.watchFd(c, oomw) {
+	if !g.watchFd(c, thw) || !g.watchFd(c, earlyw) || !g.watchFd(c, oomw) {
+		files.Close()
 		g.closeWatch(thw)
+		g.closeWatch(earlyw)
 		g.closeWatch(oomw)
 		return
 	}
-	c.thw, c.oomw, c.threshold, c.armedLimit = thw, oomw, th, c.limit
+	c.thw, c.earlyw, c.oomw, c.files = thw, earlyw, oomw, files
+	c.threshold, c.early, c.armedLimit = th, early, c.limit
 	g.guarded++
 	g.metrics.SetGuarded(g.guarded)
 	g.setSoftLimit(c)
@@ -45,18 +64,27 @@ func (g *Guard) guard(c *cg) {
 // rearm moves the threshold after a limit change: the new eventfd is
 // registered before the old one goes, so no crossing falls between.
 func (g *Guard) rearm(c *cg) {
-	th := g.cfg.Threshold(c.limit)
+	th, early := g.cfg.Threshold(c.limit), g.cfg.EarlyThreshold(c.limit)
 	thw, err := g.notifier.Threshold(c.rel, th)
 	if err != nil {
 		g.warnUnlessGone(c, "re-register threshold", err)
 		return
 	}
-	if !g.watchFd(c, thw) {
+	earlyw, err := g.notifier.Threshold(c.rel, early)
+	if err != nil {
 		thw.Close()
+		g.warnUnlessGone(c, "re-register early threshold", err)
+		return
+	}
+	if !g.watchFd(c, thw) || !g.watchFd(c, earlyw) {
+		g.closeWatch(thw)
+		g.closeWatch(earlyw)
 		return
 	}
 	g.closeWatch(c.thw)
-	c.thw, c.threshold, c.armedLimit = thw, th, c.limit
+	g.closeWatch(c.earlyw)
+	g.dropPrep(c)
+	c.thw, c.earlyw, c.threshold, c.early, c.armedLimit = thw, earlyw, th, early, c.limit
 	g.setSoftLimit(c)
 	klog.V(2).Infof("cgroup %s: limit now %s, threshold moved to %s", c.rel, bytesMiB(c.limit), bytesMiB(th))
 	c.recheckAt = time.Now()
@@ -67,8 +95,11 @@ func (g *Guard) unguard(c *cg) {
 		return
 	}
 	g.closeWatch(c.thw)
+	g.closeWatch(c.earlyw)
 	g.closeWatch(c.oomw)
-	c.thw, c.oomw = nil, nil
+	g.dropPrep(c)
+	c.files.Close()
+	c.thw, c.earlyw, c.oomw, c.files = nil, nil, nil, nil
 	c.recheckAt, c.oomCheckAt = time.Time{}, time.Time{}
 	g.guarded--
 	g.metrics.SetGuarded(g.guarded)
@@ -132,13 +163,13 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	if !c.guarded() {
 		return
 	}
-	usage, err := g.mem.Usage(c.rel)
+	usage, err := c.files.Usage()
 	if err != nil {
 		// The kernel signals a cgroup's eventfds when it is removed.
 		g.warnUnlessGone(c, "read usage", err)
 		return
 	}
-	limit, err := g.mem.Limit(c.rel)
+	limit, err := c.files.Limit()
 	if err != nil {
 		g.warnUnlessGone(c, "read limit", err)
 		return
@@ -161,16 +192,36 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		return
 	}
 	c.episode = true
-	stat, err := g.mem.Stat(c.rel)
-	if err != nil {
-		g.warnUnlessGone(c, "read memory.stat", err)
+	p := g.validPrep(c, notified)
+	if p == nil || g.cfg.Judge(limit, p.reclaimable+sub(usage, p.usage)) == StandDown {
+		// Without a preparation, or if the page cache may have grown
+		// enough since, read memory.stat now.
+		stat, err := c.files.Stat()
+		if err != nil {
+			g.warnUnlessGone(c, "read memory.stat", err)
+			return
+		}
+		if g.cfg.Judge(limit, stat.Reclaimable) == StandDown {
+			g.standDown(c, usage, stat)
+			return
+		}
+	}
+	var victim *kill.Target
+	if p != nil {
+		victim, p.target = p.target, nil
+		g.dropPrep(c)
+	} else if victim = g.chooseVictim(c, limit); victim == nil {
+		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
-	if g.cfg.Judge(limit, stat.Reclaimable) == StandDown {
-		g.standDown(c, usage, stat)
-		return
+	g.act(c, victim, usage, limit, notified)
+}
+
+func sub(a, b uint64) uint64 {
+	if a > b {
+		return a - b
 	}
-	g.act(c, usage, limit, stat, notified)
+	return 0
 }
 
 // standDown leaves a cgroup with much reclaimable page cache to the
@@ -213,39 +264,64 @@ func (g *Guard) reclaimer(quit <-chan struct{}) {
 	}
 }
 
-// act applies the policy. The victim is the process the kernel would choose;
-// for the container policy its whole cgroup goes.
-func (g *Guard) act(c *cg, usage, limit uint64, stat cgroup.Stat, notified time.Time) {
-	cands, err := g.killer.Candidates(c.rel)
+// chooseVictim scores rel's processes and holds the one the kernel would
+// kill by pidfd; nil if none may be killed.
+func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
+	cands, err := g.killer.Candidates(c.rel, limit)
 	if err != nil && len(cands) == 0 {
 		g.warnUnlessGone(c, "list processes", err)
-		return
+		return nil
 	}
-	victim, ok := kill.Choose(cands, g.self)
+	best, ok := kill.Choose(cands, g.self)
 	if !ok {
-		klog.Warningf("cgroup %s: usage %s above threshold %s, but no process may be killed", c.rel, bytesMiB(usage), bytesMiB(c.threshold))
-		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
-		return
+		klog.Warningf("cgroup %s: above its threshold %s, but no process may be killed", c.rel, bytesMiB(c.threshold))
+		return nil
 	}
+	victim, err := g.killer.Open(best)
+	if err != nil {
+		klog.V(2).Infof("cgroup %s: victim pid %d (%s): %v", c.rel, best.Pid, best.Comm, err)
+		return nil
+	}
+	return victim
+}
+
+// act applies the policy to the chosen victim (the process the kernel
+// would choose). The victim is signalled first, through its pidfd: that
+// stops the growth at once; for the container policy its cgroup's other
+// processes follow (frozen, killed, thawed). Reporting comes after.
+func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified time.Time) {
 	ev := event.Event{
 		Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(victim.Cgroup),
-		Threshold: c.threshold, Usage: usage, Limit: limit, Stats: stat.Text, Policy: g.cfg.Policy.Title(),
+		Threshold: c.threshold, Usage: usage, Limit: limit, Policy: g.cfg.Policy.Title(),
 	}
-	var killed []kill.Candidate
+	killed := []kill.Candidate{victim.Candidate}
 	var sent time.Time
+	var err error
 	switch g.cfg.Policy {
 	case PolicyNoop:
+		victim.Close()
 		if c.noopShown {
 			return
 		}
 		c.noopShown = true
-		killed, ev.Reason = []kill.Candidate{victim}, event.WouldKill
+		ev.Reason = event.WouldKill
 	case PolicyProcess:
-		sent, err = g.killer.KillProcess(victim)
-		killed, ev.Reason = []kill.Candidate{victim}, event.KillProcess
+		sent, err = victim.Kill()
+		ev.Reason = event.KillProcess
 	case PolicyContainer:
-		killed, sent, err = g.killer.KillContainer(victim.Cgroup)
+		sent, err = victim.Kill()
 		ev.Reason = event.KillContainer
+		if err == nil {
+			rest, _, cerr := g.killer.KillContainer(victim.Cgroup)
+			if cerr != nil && !errors.Is(cerr, kill.ErrNoVictim) {
+				klog.Warningf("cgroup %s: kill the rest of container %s: %v", c.rel, victim.Cgroup, cerr)
+			}
+			for _, k := range rest {
+				if k.Pid != victim.Pid {
+					killed = append(killed, k)
+				}
+			}
+		}
 	}
 	c.lastAction = time.Now()
 	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
@@ -254,14 +330,16 @@ func (g *Guard) act(c *cg, usage, limit uint64, stat cgroup.Stat, notified time.
 		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
-	reaction := sent.Sub(notified)
+	reaction := time.Duration(0)
 	if !sent.IsZero() {
-		g.metrics.Action(ev.Reason, reaction)
+		reaction = sent.Sub(notified)
 		if g.Observe != nil {
 			g.Observe(reaction)
 		}
-	} else {
-		g.metrics.Action(ev.Reason, 0)
+	}
+	g.metrics.Action(ev.Reason, reaction)
+	if stat, err := c.files.Stat(); err == nil {
+		ev.Stats = stat.Text
 	}
 	g.report(ev, killed, reaction)
 }

@@ -62,6 +62,15 @@ type Config struct {
 	WalkInterval  time.Duration
 	InotifyReset  time.Duration
 	Hostname      string
+	// PrepareAhead: when usage comes within this much (or the margin, if
+	// larger) of the threshold, the guard does the slow part of a kill
+	// ahead of need: reads memory.stat, scores the processes and opens the
+	// victim's pidfd. Near its limit a cgroup charges in 2 MiB steps and
+	// the kernel keeps every CPU busy draining charge caches, so work left
+	// to the threshold crossing is what loses the race.
+	PrepareAhead uint64
+	// PrepareMaxAge: an older preparation is done again at the crossing.
+	PrepareMaxAge time.Duration
 }
 
 // DefaultConfig is the seed DaemonSet's configuration.
@@ -72,6 +81,7 @@ func DefaultConfig() Config {
 		RecheckInterval: 5 * time.Millisecond, ReclaimableRatio: 0.1,
 		ReclaimBudget: 100 * time.Millisecond,
 		WalkInterval:  277 * time.Second, InotifyReset: 701 * time.Second,
+		PrepareAhead: 16 << 20, PrepareMaxAge: time.Second,
 	}
 }
 
@@ -102,6 +112,14 @@ func (c Config) Threshold(limit uint64) uint64 {
 	margin = min(margin, c.MaxMargin)
 	margin = min(margin, limit/2)
 	return limit - margin
+}
+
+// EarlyThreshold is where the guard prepares a kill (see PrepareAhead):
+// threshold - max(margin, PrepareAhead), never below half the limit.
+func (c Config) EarlyThreshold(limit uint64) uint64 {
+	th := c.Threshold(limit)
+	ahead := max(limit-th, c.PrepareAhead)
+	return max(th-min(ahead, th), limit/2)
 }
 
 // Verdict is what the guard decides on looking at a cgroup.

@@ -22,8 +22,12 @@ type cg struct {
 
 	// Set while guarded.
 	threshold  uint64
+	early      uint64 // the early-warning threshold (Config.EarlyThreshold)
 	armedLimit uint64
 	thw, oomw  notify.Watch
+	earlyw     notify.Watch
+	files      *cgroup.Handle // usage, limit, stat kept open for the hot path
+	prep       *prepared      // a kill made ready while above the early threshold
 
 	recheckAt  time.Time // zero: no recheck pending
 	lastAction time.Time
@@ -169,6 +173,9 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 		_ = c.thw.Drain()
 		g.metrics.Crossing()
 		g.look(c, notified)
+	case c.earlyw != nil && fd == c.earlyw.Fd():
+		_ = c.earlyw.Drain()
+		g.onEarly(c)
 	case c.oomw != nil && fd == c.oomw.Fd():
 		_ = c.oomw.Drain()
 		g.onKernelOOM(c, notified)

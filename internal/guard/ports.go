@@ -19,9 +19,10 @@ type Notifier interface {
 
 // Killer finds and kills victims.
 type Killer interface {
-	Candidates(rel string) ([]kill.Candidate, error)
-	// KillProcess returns when the signal was sent.
-	KillProcess(c kill.Candidate) (time.Time, error)
+	// Candidates lists rel's processes scored against limit.
+	Candidates(rel string, limit uint64) ([]kill.Candidate, error)
+	// Open holds a chosen victim by pidfd, ready to be killed.
+	Open(c kill.Candidate) (*kill.Target, error)
 	// KillContainer kills every process of the container cgroup rel.
 	KillContainer(rel string) ([]kill.Candidate, time.Time, error)
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 )
 
@@ -22,7 +24,7 @@ func Eligible(c Candidate, self int) bool {
 }
 
 // Choose picks the victim the kernel's cgroup OOM killer would: the highest
-// oom_score; on a tie, the larger resident set.
+// score (see Score); on a tie, the larger resident set.
 func Choose(cands []Candidate, self int) (Candidate, bool) {
 	var best Candidate
 	found := false
@@ -40,9 +42,15 @@ func Choose(cands []Candidate, self int) (Candidate, bool) {
 
 func rss(c Candidate) uint64 { return c.Status.RssAnonKB + c.Status.RssFileKB + c.Status.RssShmemKB }
 
-// Candidates inspects every process of rel and its descendants. Processes
+// Candidates inspects every process of rel and its descendants, scoring
+// them against the cgroup's limit (bytes; cgroup.Unlimited scores against
+// the host's memory, as the kernel's global OOM killer would). Processes
 // that exit meanwhile are skipped.
-func Candidates(fs *cgroup.FS, proc Proc, rel string) ([]Candidate, error) {
+func Candidates(fs *cgroup.FS, proc Proc, rel string, limit uint64) ([]Candidate, error) {
+	limitKB := limit / 1024
+	if limit == cgroup.Unlimited {
+		limitKB = hostMemKB()
+	}
 	var cands []Candidate
 	err := fs.Walk(rel, func(cg string) error {
 		pids, err := fs.Procs(cg, false)
@@ -50,7 +58,7 @@ func Candidates(fs *cgroup.FS, proc Proc, rel string) ([]Candidate, error) {
 			return err
 		}
 		for _, pid := range pids {
-			c, err := proc.Inspect(pid)
+			c, err := proc.Inspect(pid, limitKB)
 			if err != nil {
 				continue // exited since cgroup.procs was read
 			}
@@ -63,4 +71,13 @@ func Candidates(fs *cgroup.FS, proc Proc, rel string) ([]Candidate, error) {
 		return cands, fmt.Errorf("list processes of %s: %w", fs.Path(rel, ""), err)
 	}
 	return cands, nil
+}
+
+// hostMemKB is MemTotal + SwapTotal, the kernel's total for a global OOM.
+func hostMemKB() uint64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 1
+	}
+	return (uint64(si.Totalram) + uint64(si.Totalswap)) * uint64(si.Unit) / 1024
 }

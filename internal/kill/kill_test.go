@@ -62,7 +62,7 @@ func TestChooseAndKillHighestScore(t *testing.T) {
 		cmds = append(cmds, cmd)
 	}
 	proc := kill.Proc{}
-	cands, err := kill.Candidates(cg.Mem, proc, cg.Rel)
+	cands, err := kill.Candidates(cg.Mem, proc, cg.Rel, cgroup.Unlimited)
 	if err != nil || len(cands) != 3 {
 		t.Fatalf("candidates %v, %v", cands, err)
 	}
@@ -88,7 +88,7 @@ func TestProcessRefusesReusedPid(t *testing.T) {
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	proc := kill.Proc{}
-	c, err := proc.Inspect(cmd.Process.Pid)
+	c, err := proc.Inspect(cmd.Process.Pid, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}

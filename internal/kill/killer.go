@@ -14,15 +14,14 @@ type Killer struct {
 	Self    int // the guard's own pid, never killed
 }
 
-func (k Killer) Candidates(rel string) ([]Candidate, error) {
-	return Candidates(k.Mem, k.Proc, rel)
+func (k Killer) Candidates(rel string, limit uint64) ([]Candidate, error) {
+	return Candidates(k.Mem, k.Proc, rel, limit)
 }
 
-func (k Killer) KillProcess(c Candidate) (time.Time, error) { return k.Proc.Process(c) }
+func (k Killer) Open(c Candidate) (*Target, error) { return k.Proc.Open(c) }
 
-// KillContainer kills every process of rel; the time is when the first
+// KillContainer kills every process of rel. The time is when the first
 // signal was sent.
 func (k Killer) KillContainer(rel string) ([]Candidate, time.Time, error) {
-	killed, first, err := k.Proc.cgroup(k.Mem, k.Freezer, rel, k.Self)
-	return killed, first, err
+	return k.Proc.cgroup(k.Mem, k.Freezer, rel, k.Self)
 }

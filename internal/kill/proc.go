@@ -10,9 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Proc reads /proc (Root is injectable for tests on recorded trees).
@@ -23,15 +24,31 @@ type Candidate struct {
 	Pid         int
 	Comm        string
 	StartTime   uint64 // clock ticks after boot; with Pid, names the process uniquely
-	OOMScore    int
 	OOMScoreAdj int
-	Status      Status
-	Cgroup      string // the cgroup (relative path) the process was found in
+	// OOMScore is the kernel's badness of the process within its cgroup, in
+	// thousandths of the cgroup's limit: what /proc/PID/oom_score says, but
+	// scaled to the cgroup instead of the host (see Score).
+	OOMScore int
+	Status   Status
+	Cgroup   string // the cgroup (relative path) the process was found in
 }
 
 // Status is what /proc/PID/status tells of a process's memory.
 type Status struct {
-	RssAnonKB, RssFileKB, RssShmemKB, VmSizeKB uint64
+	RssAnonKB, RssFileKB, RssShmemKB, VmSizeKB, VmSwapKB, VmPTEKB uint64
+}
+
+// Score ranks a process as the kernel's cgroup OOM killer does
+// (oom_badness with the cgroup's limit as the total): resident memory, swap
+// and page tables, plus oom_score_adj thousandths of the limit. Scaled to
+// thousandths of the limit it is the cgroup's own oom_score.
+func Score(s Status, adj int, limitKB uint64) int {
+	if limitKB == 0 {
+		return 0
+	}
+	points := int64(s.RssAnonKB + s.RssFileKB + s.RssShmemKB + s.VmSwapKB + s.VmPTEKB)
+	points += int64(adj) * int64(limitKB) / 1000
+	return int(points * 1000 / int64(limitKB))
 }
 
 func (p Proc) path(pid int, file string) string {
@@ -39,57 +56,73 @@ func (p Proc) path(pid int, file string) string {
 	if root == "" {
 		root = "/proc"
 	}
-	return filepath.Join(root, strconv.Itoa(pid), file)
+	return root + "/" + strconv.Itoa(pid) + "/" + file
 }
 
-// Inspect reads what victim choice needs of one process.
-func (p Proc) Inspect(pid int) (Candidate, error) {
+// read reads a small /proc file in as few syscalls as it can: open, one
+// read into buf, close.
+func (p Proc) read(pid int, file string, buf []byte) ([]byte, error) {
+	name := p.path(pid, file)
+	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: name, Err: err}
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		k, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: name, Err: err}
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	return buf[:n], nil
+}
+
+// Inspect reads what victim choice needs of one process; limitKB is the
+// cgroup's limit the score is scaled to.
+func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	c := Candidate{Pid: pid}
-	data, err := os.ReadFile(p.path(pid, "stat"))
+	var buf [4096]byte
+	data, err := p.read(pid, "stat", buf[:])
 	if err != nil {
 		return c, err
 	}
 	if c.Comm, c.StartTime, err = ParseStat(data); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "stat"), err)
 	}
-	if c.OOMScore, err = p.readInt(pid, "oom_score"); err != nil {
+	if data, err = p.read(pid, "oom_score_adj", buf[:]); err != nil {
 		return c, err
 	}
-	if c.OOMScoreAdj, err = p.readInt(pid, "oom_score_adj"); err != nil {
+	if c.OOMScoreAdj, err = strconv.Atoi(strings.TrimSpace(string(data))); err != nil {
+		return c, fmt.Errorf("%s: %w", p.path(pid, "oom_score_adj"), err)
+	}
+	if data, err = p.read(pid, "status", buf[:]); err != nil {
 		return c, err
 	}
-	f, err := os.Open(p.path(pid, "status"))
-	if err != nil {
-		return c, err
+	if c.Status, err = ParseStatus(bytes.NewReader(data)); err != nil {
+		return c, fmt.Errorf("%s: %w", p.path(pid, "status"), err)
 	}
-	defer f.Close()
-	if c.Status, err = ParseStatus(f); err != nil {
-		return c, fmt.Errorf("%s: %w", f.Name(), err)
-	}
+	c.OOMScore = Score(c.Status, c.OOMScoreAdj, limitKB)
 	return c, nil
 }
 
 // StartTime re-reads a process's start time, to tell it from a later
 // process that was given the same PID.
 func (p Proc) StartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile(p.path(pid, "stat"))
+	var buf [1024]byte
+	data, err := p.read(pid, "stat", buf[:])
 	if err != nil {
 		return 0, err
 	}
 	_, st, err := ParseStat(data)
 	return st, err
-}
-
-func (p Proc) readInt(pid int, file string) (int, error) {
-	data, err := os.ReadFile(p.path(pid, file))
-	if err != nil {
-		return 0, err
-	}
-	v, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", p.path(pid, file), err)
-	}
-	return v, nil
 }
 
 // ParseStat extracts comm and starttime (field 22) from /proc/PID/stat. The
@@ -135,6 +168,10 @@ func ParseStatus(r io.Reader) (Status, error) {
 			dst = &s.RssShmemKB
 		case "VmSize":
 			dst = &s.VmSizeKB
+		case "VmSwap":
+			dst = &s.VmSwapKB
+		case "VmPTE":
+			dst = &s.VmPTEKB
 		default:
 			continue
 		}

@@ -42,7 +42,7 @@ func TestParseStatusRealSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s != (Status{RssAnonKB: 160, RssFileKB: 1984, VmSizeKB: 4040}) {
+	if s != (Status{RssAnonKB: 160, RssFileKB: 1984, VmSizeKB: 4040, VmPTEKB: 44}) {
 		t.Fatalf("got %+v", s)
 	}
 	if _, err := ParseStatus(strings.NewReader("RssAnon:\tlots kB\n")); err == nil {
@@ -70,6 +70,24 @@ func TestChoose(t *testing.T) {
 		got, ok := Choose(tc.cands, self)
 		if tc.want == 0 && ok || tc.want != 0 && (!ok || got.Pid != tc.want) {
 			t.Errorf("%s: got %d ok=%v, want %d", tc.name, got.Pid, ok, tc.want)
+		}
+	}
+}
+
+func TestScore(t *testing.T) {
+	const limitKB = 64 << 10 // a 64 MiB cgroup
+	for _, tc := range []struct {
+		s    Status
+		adj  int
+		want int
+	}{
+		{Status{RssAnonKB: 32 << 10}, 0, 500},                     // half the limit
+		{Status{RssAnonKB: 16 << 10, VmSwapKB: 16 << 10}, 0, 500}, // swap counts
+		{Status{RssAnonKB: 16 << 10}, 500, 750},                   // adj adds thousandths of the limit
+		{Status{RssAnonKB: 16 << 10}, -1000, -750},
+	} {
+		if got := Score(tc.s, tc.adj, limitKB); got != tc.want {
+			t.Errorf("Score(%+v, %d) = %d, want %d", tc.s, tc.adj, got, tc.want)
 		}
 	}
 }

@@ -13,34 +13,68 @@ import (
 // ErrGone means the process exited (or its PID was reused) before the kill.
 var ErrGone = errors.New("process already gone")
 
-// Process kills one candidate: it opens a pidfd, checks the PID still names
-// the process that was inspected (same start time), signals through the
-// pidfd, then has the kernel release the victim's memory at once
-// (process_mrelease, 5.15+) instead of waiting for the victim to exit.
-// The release runs in the background; the returned time is when the signal
-// was sent.
-func (p Proc) Process(c Candidate) (time.Time, error) {
+// Target is a chosen victim whose pidfd is open: a signal through it can
+// only ever reach the process that was inspected, whatever happens to its
+// PID meanwhile. The guard opens it ahead of need (see internal/guard).
+type Target struct {
+	Candidate
+	pidfd int
+}
+
+// Open opens a pidfd for c and checks the PID still names the process that
+// was inspected (same start time).
+func (p Proc) Open(c Candidate) (*Target, error) {
 	pidfd, err := unix.PidfdOpen(c.Pid, 0)
 	if err != nil {
 		if err == unix.ESRCH {
-			return time.Time{}, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+			return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
 		}
-		return time.Time{}, fmt.Errorf("pidfd_open %d (%s): %w", c.Pid, c.Comm, err)
+		return nil, fmt.Errorf("pidfd_open %d (%s): %w", c.Pid, c.Comm, err)
 	}
 	if st, err := p.StartTime(c.Pid); err != nil || st != c.StartTime {
 		unix.Close(pidfd)
-		return time.Time{}, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+		return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
 	}
-	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil {
-		unix.Close(pidfd)
-		if err == unix.ESRCH {
-			return time.Time{}, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
-		}
-		return time.Time{}, fmt.Errorf("kill pid %d (%s): %w", c.Pid, c.Comm, err)
+	return &Target{Candidate: c, pidfd: pidfd}, nil
+}
+
+// Kill sends SIGKILL through the pidfd, then has the kernel release the
+// victim's memory at once (process_mrelease, 5.15+) instead of waiting for
+// it to exit; the release runs in the background and owns the pidfd from
+// then on. It returns when the signal was sent. A Target is killed once.
+func (t *Target) Kill() (time.Time, error) {
+	if t.pidfd < 0 {
+		return time.Time{}, fmt.Errorf("pid %d (%s): already used", t.Pid, t.Comm)
 	}
+	err := unix.PidfdSendSignal(t.pidfd, unix.SIGKILL, nil, 0)
 	sent := time.Now()
-	go release(pidfd)
+	if err != nil {
+		t.Close()
+		if err == unix.ESRCH {
+			return time.Time{}, fmt.Errorf("pid %d (%s): %w", t.Pid, t.Comm, ErrGone)
+		}
+		return time.Time{}, fmt.Errorf("kill pid %d (%s): %w", t.Pid, t.Comm, err)
+	}
+	go release(t.pidfd)
+	t.pidfd = -1
 	return sent, nil
+}
+
+// Close gives up a Target that will not be killed.
+func (t *Target) Close() {
+	if t != nil && t.pidfd >= 0 {
+		unix.Close(t.pidfd)
+		t.pidfd = -1
+	}
+}
+
+// Process kills one candidate: Open, then Kill.
+func (p Proc) Process(c Candidate) (time.Time, error) {
+	t, err := p.Open(c)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return t.Kill()
 }
 
 // release reaps the killed process's memory from this thread. EINVAL means
@@ -83,7 +117,7 @@ func (p Proc) cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 		rounds = 10
 	}
 	for i := 0; i < rounds; i++ {
-		cands, err := Candidates(fs, p, rel)
+		cands, err := Candidates(fs, p, rel, cgroup.Unlimited)
 		if err != nil && len(cands) == 0 {
 			return killed, first, err
 		}

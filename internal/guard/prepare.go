@@ -1,0 +1,109 @@
+package guard
+
+import (
+	"slices"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/oom-guard/oom-guard/internal/kill"
+)
+
+// prepared is a kill made ready while a cgroup is above its early
+// threshold: when the real threshold is crossed, the guard only checks the
+// cgroup still has the same processes and signals the victim's pidfd.
+type prepared struct {
+	at          time.Time
+	usage       uint64 // when prepared
+	reclaimable uint64 // page cache when prepared
+	cgroups     []string
+	pids        []int // sorted: every process of the cgroup when prepared
+	target      *kill.Target
+}
+
+// onEarly: usage crossed the early threshold, up or down.
+func (g *Guard) onEarly(c *cg) {
+	if !c.guarded() {
+		return
+	}
+	usage, err := c.files.Usage()
+	if err != nil {
+		g.warnUnlessGone(c, "read usage", err)
+		return
+	}
+	if usage < c.early {
+		g.dropPrep(c)
+		return
+	}
+	if c.prep == nil || time.Since(c.prep.at) > g.cfg.PrepareMaxAge/2 {
+		g.prepare(c, usage)
+	}
+}
+
+// prepare does the slow part of a kill ahead of need.
+func (g *Guard) prepare(c *cg, usage uint64) {
+	g.dropPrep(c)
+	stat, err := c.files.Stat()
+	if err != nil {
+		g.warnUnlessGone(c, "read memory.stat", err)
+		return
+	}
+	cands, err := g.killer.Candidates(c.rel, c.limit)
+	if err != nil && len(cands) == 0 {
+		return
+	}
+	best, ok := kill.Choose(cands, g.self)
+	if !ok {
+		return
+	}
+	target, err := g.killer.Open(best)
+	if err != nil {
+		return
+	}
+	p := &prepared{at: time.Now(), usage: usage, reclaimable: stat.Reclaimable, target: target}
+	for _, k := range cands {
+		p.pids = append(p.pids, k.Pid)
+		if !slices.Contains(p.cgroups, k.Cgroup) {
+			p.cgroups = append(p.cgroups, k.Cgroup)
+		}
+	}
+	slices.Sort(p.pids)
+	c.prep = p
+	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready",
+		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm)
+}
+
+// validPrep returns the cgroup's preparation if it is recent and the
+// cgroup's processes are the ones it scored; else it drops it.
+func (g *Guard) validPrep(c *cg, now time.Time) *prepared {
+	p := c.prep
+	if p == nil {
+		return nil
+	}
+	if now.Sub(p.at) > g.cfg.PrepareMaxAge {
+		g.dropPrep(c)
+		return nil
+	}
+	var pids []int
+	for _, rel := range p.cgroups {
+		got, err := g.mem.FS().Procs(rel, false)
+		if err != nil {
+			g.dropPrep(c)
+			return nil
+		}
+		pids = append(pids, got...)
+	}
+	slices.Sort(pids)
+	if !slices.Equal(pids, p.pids) {
+		g.dropPrep(c)
+		return nil
+	}
+	return p
+}
+
+func (g *Guard) dropPrep(c *cg) {
+	if c.prep != nil {
+		c.prep.target.Close()
+		c.prep = nil
+	}
+}
