@@ -141,3 +141,40 @@ func TestHandleRereads(t *testing.T) {
 		t.Fatalf("stat %+v, %v", st, err)
 	}
 }
+
+// force_empty with writers dirtying page cache keeps the writer in the
+// kernel for seconds (3.5 s measured here): the budget must cut it short.
+func TestReclaimIsBounded(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "busy", 2<<30)
+	dir, err := os.MkdirTemp("/var/tmp", "oomguard-reclaim-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	for i := 0; i < 2; i++ {
+		cg.Start(t, rel, testenv.HogCommand(testenv.HogSpec{Kind: "file", MiB: 8000, Dir: dir}))
+	}
+	mem, err := cgroup.Open(testenv.V1MemoryRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // let the writers fill the page cache
+	const budget = 20 * time.Millisecond
+	for attempt := 0; attempt < 5; attempt++ {
+		start := time.Now()
+		err := mem.Reclaim(rel, 0, budget)
+		took := time.Since(start)
+		if took > 500*time.Millisecond {
+			t.Fatalf("reclaim with a %v budget took %v (%v)", budget, took, err)
+		}
+		if errors.Is(err, cgroup.ErrBudget) {
+			t.Logf("interrupted after %v", took)
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("reclaim always finished within its budget: the bound was never exercised")
+}

@@ -69,8 +69,18 @@ func (e *events) all() []event.Event {
 	return append([]event.Event(nil), e.evs...)
 }
 
-// startGuard runs a guard over the test's own cgroup sub-tree only.
+// startGuard runs a guard over the test's own cgroup sub-tree only; it is
+// stopped at the end of the test.
 func startGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) *events {
+	t.Helper()
+	sink, stop := runGuard(t, cg, cfg)
+	t.Cleanup(stop)
+	return sink
+}
+
+// runGuard starts a guard and returns the function that stops it and
+// waits until it has let go of every cgroup.
+func runGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*events, func()) {
 	t.Helper()
 	mem, err := cgroup.Open(cg.Mem.Path(cg.Rel, ""))
 	if err != nil {
@@ -89,19 +99,22 @@ func startGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) *events {
 	stop := make(chan struct{})
 	done := make(chan error)
 	go func() { done <- g.Run(stop) }()
-	t.Cleanup(func() {
-		close(stop)
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("guard: %v", err)
+	var once sync.Once
+	stopper := func() {
+		once.Do(func() {
+			close(stop)
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("guard: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("guard did not stop within 5s")
 			}
-		case <-time.After(5 * time.Second):
-			t.Error("guard did not stop within 5s")
-		}
-	})
+		})
+	}
 	waitGuarded(t, g)
-	return sink
+	return sink, stopper
 }
 
 func waitGuarded(t *testing.T, g *guard.Guard) {
@@ -303,5 +316,28 @@ func TestNewCgroupAndRaisedLimit(t *testing.T) {
 	time.Sleep(1 * time.Second)
 	if err := steady.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("process under a raised limit was killed; events %+v", sink.all())
+	}
+}
+
+// --openSoftLimit sets each guarded cgroup's soft limit at its threshold,
+// and stopping the guard puts the old value back.
+func TestOpenSoftLimitRestoredOnStop(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "soft", 100<<20)
+	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
+	before, err := mem.SoftLimit(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.OpenSoftLimit = true
+	_, stop := runGuard(t, cg, cfg)
+	t.Cleanup(stop)
+	if got, _ := mem.SoftLimit(rel); got != cfg.Threshold(100<<20) {
+		t.Fatalf("soft limit %d while guarded, want the threshold %d", got, cfg.Threshold(100<<20))
+	}
+	stop()
+	if got, _ := mem.SoftLimit(rel); got != before {
+		t.Fatalf("soft limit %d after stop, want %d restored", got, before)
 	}
 }
