@@ -86,7 +86,7 @@ func (c *collector) observe(d time.Duration) {
 
 type row struct {
 	limitMiB, threads, runs, guardKills, kernelKills, other int
-	react                                               []time.Duration
+	react                                                   []time.Duration
 }
 
 func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guardBin string) error {
