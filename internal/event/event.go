@@ -40,6 +40,9 @@ type Process struct {
 	TotalVMKB  uint64 `json:"totalVmKB,omitempty"`
 	OOMScore   int    `json:"oomScore,omitempty"`
 	Cgroup     string `json:"cgroup,omitempty"`
+	// PidInNS is the pid inside the process's own pid namespace (1: a
+	// container's init), 0 when unknown.
+	PidInNS int `json:"pidInNS,omitempty"`
 }
 
 // Identity is what the cgroup path and the container runtime tell about

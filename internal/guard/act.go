@@ -1,8 +1,11 @@
 package guard
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -100,7 +103,7 @@ func (g *Guard) unguard(c *cg) {
 	g.dropPrep(c)
 	c.files.Close()
 	c.thw, c.earlyw, c.oomw, c.files = nil, nil, nil, nil
-	c.recheckAt, c.oomCheckAt = time.Time{}, time.Time{}
+	c.recheckAt, c.oomCheckAt, c.seen = time.Time{}, time.Time{}, nil
 	g.guarded--
 	g.metrics.SetGuarded(g.guarded)
 	if c.softLimitSaved {
@@ -215,6 +218,17 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		return
 	}
 	g.act(c, victim, usage, limit, notified)
+}
+
+func processes(g *Guard, killed []kill.Candidate) []event.Process {
+	var ps []event.Process
+	for _, k := range killed {
+		ps = append(ps, event.Process{
+			Pid: k.Pid, Comm: k.Comm, OOMScore: k.OOMScore, Cgroup: g.absPath(k.Cgroup), PidInNS: k.Status.PidInNS,
+			AnonRSSKB: k.Status.RssAnonKB, FileRSSKB: k.Status.RssFileKB, ShmemRSSKB: k.Status.RssShmemKB, TotalVMKB: k.Status.VmSizeKB,
+		})
+	}
+	return ps
 }
 
 func sub(a, b uint64) uint64 {
@@ -346,16 +360,11 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 
 func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Duration) {
 	ev.Timestamp = time.Now()
-	for _, k := range killed {
-		ev.Processes = append(ev.Processes, event.Process{
-			Pid: k.Pid, Comm: k.Comm, OOMScore: k.OOMScore, Cgroup: g.absPath(k.Cgroup),
-			AnonRSSKB: k.Status.RssAnonKB, FileRSSKB: k.Status.RssFileKB, ShmemRSSKB: k.Status.RssShmemKB, TotalVMKB: k.Status.VmSizeKB,
-		})
-	}
+	ev.Processes = processes(g, killed)
 	ev.Killed = event.KilledField(ev.Processes)
 	verb := map[event.Reason]string{event.WouldKill: "would kill", event.KillProcess: "killed", event.KillContainer: "killed container of"}[ev.Reason]
 	ev.Message = fmt.Sprintf("%s %s in %s: usage %s over threshold %s (limit %s), policy %s",
-		verb, ev.Killed, ev.OOMCgroup, bytesMiB(ev.Usage), bytesMiB(ev.Threshold), bytesMiB(ev.Limit), g.cfg.Policy)
+		verb, strings.TrimSpace(ev.Killed), ev.OOMCgroup, bytesMiB(ev.Usage), bytesMiB(ev.Threshold), bytesMiB(ev.Limit), g.cfg.Policy)
 	if reaction > 0 {
 		ev.Message += fmt.Sprintf(", %v after the kernel's notification", reaction.Round(time.Microsecond))
 	}
@@ -363,16 +372,24 @@ func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Du
 }
 
 // onKernelOOM: the kernel found the cgroup out of memory. It notifies
-// before it picks and kills a victim, so the kill counters are read a
-// little later, and once more after that for a slow kill.
+// before it picks and kills a victim, so the processes are looked at now,
+// while the victim is still there (alive or a zombie), and the kill
+// counters a little later.
 func (g *Guard) onKernelOOM(c *cg, notified time.Time) {
 	klog.V(2).Infof("cgroup %s: the kernel reports it out of memory", c.rel)
+	if cands, err := g.killer.Candidates(c.rel, c.limit); err == nil || len(cands) > 0 {
+		c.remember(cands)
+	}
 	c.oomCheckAt = notified.Add(10 * time.Millisecond)
 }
 
 // countKernelKills reports kernel OOM kills in c and its descendants since
-// the last count (v1's oom_kill is charged to the victim's own cgroup).
+// the last count (v1's oom_kill is charged to the victim's own cgroup), one
+// event per kill, naming the victim where the processes seen before the
+// kill tell which one is gone.
 func (g *Guard) countKernelKills(c *cg) {
+	usage, _ := g.mem.Usage(c.rel)
+	stat, _ := g.mem.Stat(c.rel)
 	for rel, d := range g.known {
 		if rel != c.rel && !isUnder(rel, c.rel) {
 			continue
@@ -383,15 +400,47 @@ func (g *Guard) countKernelKills(c *cg) {
 		}
 		delta := n - d.oomKills
 		d.oomKills = n
-		g.metrics.KernelKill(event.CgroupOOM)
-		usage, _ := g.mem.Usage(c.rel)
-		stat, _ := g.mem.Stat(c.rel)
-		g.sink.Send(event.Event{
-			Hostname: g.cfg.Hostname, Timestamp: time.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
-			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text, Policy: "Kernel", Reason: event.CgroupOOM,
-			Message: fmt.Sprintf("the kernel OOM-killed %d process(es) in %s (limit %s of %s hit)", delta, g.absPath(rel), bytesMiB(c.limit), g.absPath(c.rel)),
-		})
+		victims := g.goneFrom(c, rel)
+		for i := uint64(0); i < delta; i++ {
+			g.metrics.KernelKill(event.CgroupOOM)
+			ev := event.Event{
+				Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+				Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text, Policy: "Kernel", Reason: event.CgroupOOM,
+			}
+			var killed []kill.Candidate
+			if i < uint64(len(victims)) {
+				killed = victims[i : i+1]
+			}
+			g.reportKernelKill(ev, killed)
+		}
 	}
+	c.seen = nil
+}
+
+// goneFrom lists the processes seen in cgroup rel (below c) that no longer run.
+func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
+	var gone []kill.Candidate
+	for _, k := range c.seen {
+		if k.Cgroup == rel && !g.killer.Alive(k) {
+			gone = append(gone, k)
+		}
+	}
+	// The largest first: the kernel picks by size, so with several gone
+	// the first is the likeliest victim of the first kill.
+	slices.SortFunc(gone, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
+	return gone
+}
+
+func (g *Guard) reportKernelKill(ev event.Event, killed []kill.Candidate) {
+	ev.Timestamp = time.Now()
+	ev.Processes = processes(g, killed)
+	ev.Killed = event.KilledField(ev.Processes)
+	who := "a process"
+	if len(killed) > 0 {
+		who = strings.TrimSpace(ev.Killed)
+	}
+	ev.Message = fmt.Sprintf("the kernel OOM-killed %s in %s (limit %s of %s hit)", who, ev.ProcCgroup, bytesMiB(ev.Limit), ev.OOMCgroup)
+	g.sink.Send(ev)
 }
 
 func isUnder(rel, parent string) bool {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/notify"
 )
 
@@ -40,6 +41,11 @@ type cg struct {
 
 	oomKills   uint64    // kernel oom_kill count already reported
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
+	// seen is the processes last seen in the cgroup's sub-tree while it
+	// was near its limit (at the early threshold, at the kernel's OOM
+	// notification): when the kernel's kill counter moves, the one that
+	// is gone is its victim. No kernel log needed.
+	seen map[int]kill.Candidate
 }
 
 func (c *cg) guarded() bool { return c.thw != nil }

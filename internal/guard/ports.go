@@ -25,6 +25,8 @@ type Killer interface {
 	Open(c kill.Candidate) (*kill.Target, error)
 	// KillContainer kills every process of the container cgroup rel.
 	KillContainer(rel string) ([]kill.Candidate, time.Time, error)
+	// Alive tells whether a process seen earlier still runs.
+	Alive(c kill.Candidate) bool
 }
 
 // Sink takes events; Send must not block.

@@ -32,6 +32,8 @@ func (g *Guard) onEarly(c *cg) {
 		return
 	}
 	if usage < c.early {
+		// c.seen stays: the drop may be the kernel's kill, whose
+		// notification can come after this one.
 		g.dropPrep(c)
 		return
 	}
@@ -52,6 +54,10 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 	if err != nil && len(cands) == 0 {
 		return
 	}
+	if c.oomCheckAt.IsZero() {
+		c.seen = nil // a fresh look: forget processes seen in an earlier episode
+	}
+	c.remember(cands)
 	best, ok := kill.Choose(cands, g.self)
 	if !ok {
 		return
@@ -105,5 +111,20 @@ func (g *Guard) dropPrep(c *cg) {
 	if c.prep != nil {
 		c.prep.target.Close()
 		c.prep = nil
+	}
+}
+
+// remember adds processes to what the cgroup was last seen running. An
+// entry for a process already known keeps the larger memory figures: a
+// process the kernel is killing reads as empty.
+func (c *cg) remember(cands []kill.Candidate) {
+	if c.seen == nil {
+		c.seen = make(map[int]kill.Candidate, len(cands))
+	}
+	for _, k := range cands {
+		if old, ok := c.seen[k.Pid]; ok && old.StartTime == k.StartTime && old.Status.RssAnonKB > k.Status.RssAnonKB {
+			k.Status = old.Status
+		}
+		c.seen[k.Pid] = k
 	}
 }

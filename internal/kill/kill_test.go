@@ -136,3 +136,41 @@ func TestCgroupKillsEverything(t *testing.T) {
 		t.Fatalf("empty cgroup: %v", err)
 	}
 }
+
+// A killed process not yet reaped by its parent is a zombie: Alive must
+// say it is gone, or the guard could not tell which process the kernel's
+// OOM killer took.
+func TestAliveSeesZombie(t *testing.T) {
+	testenv.RequireRoot(t)
+	cmd := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer waitExit(t, cmd)
+	var p kill.Proc
+	c, err := p.Inspect(cmd.Process.Pid, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Alive(c) {
+		t.Fatal("a running process reads as gone")
+	}
+	other := c
+	other.StartTime++
+	if p.Alive(other) {
+		t.Fatal("a PID with another start time reads as the same process")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Alive(c) {
+		if time.Now().After(deadline) {
+			t.Fatal("a killed, unreaped process still reads as alive after 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := os.Stat("/proc/" + itoa(cmd.Process.Pid)); err != nil {
+		t.Fatalf("the zombie was reaped already (%v): the test proves nothing", err)
+	}
+}

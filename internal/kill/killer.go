@@ -20,6 +20,8 @@ func (k Killer) Candidates(rel string, limit uint64) ([]Candidate, error) {
 
 func (k Killer) Open(c Candidate) (*Target, error) { return k.Proc.Open(c) }
 
+func (k Killer) Alive(c Candidate) bool { return k.Proc.Alive(c) }
+
 // KillContainer kills every process of rel. The time is when the first
 // signal was sent.
 func (k Killer) KillContainer(rel string) ([]Candidate, time.Time, error) {

@@ -36,6 +36,9 @@ type Candidate struct {
 // Status is what /proc/PID/status tells of a process's memory.
 type Status struct {
 	RssAnonKB, RssFileKB, RssShmemKB, VmSizeKB, VmSwapKB, VmPTEKB uint64
+	// PidInNS is the process's pid in its innermost pid namespace (the last
+	// NSpid field): 1 for a container's init. 0 where the kernel does not say.
+	PidInNS int
 }
 
 // Score ranks a process as the kernel's cgroup OOM killer does
@@ -125,6 +128,51 @@ func (p Proc) StartTime(pid int) (uint64, error) {
 	return st, err
 }
 
+// Alive tells whether the process c describes still runs and is not on its
+// way out: same PID and start time, not a zombie (a killed process stays one
+// until its parent reaps it), not exiting (PF_EXITING), no SIGKILL pending.
+// A victim of the kernel's OOM killer passes through all three.
+func (p Proc) Alive(c Candidate) bool {
+	var buf [4096]byte
+	data, err := p.read(c.Pid, "stat", buf[:])
+	if err != nil {
+		return false
+	}
+	_, st, err := ParseStat(data)
+	if err != nil || st != c.StartTime {
+		return false
+	}
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	const stateIndex, flagsIndex = 3 - 3, 9 - 3
+	if len(fields) <= flagsIndex || fields[stateIndex] == "Z" || fields[stateIndex] == "X" {
+		return false
+	}
+	const pfExiting = 0x4
+	if flags, err := strconv.ParseUint(fields[flagsIndex], 10, 64); err != nil || flags&pfExiting != 0 {
+		return false
+	}
+	if data, err = p.read(c.Pid, "status", buf[:]); err != nil {
+		return false
+	}
+	return !killPending(data)
+}
+
+// killPending tells whether /proc/PID/status shows SIGKILL pending, for the
+// thread (SigPnd) or the process (ShdPnd).
+func killPending(status []byte) bool {
+	const sigkillBit = 1 << (9 - 1)
+	for _, line := range strings.Split(string(status), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok || key != "SigPnd" && key != "ShdPnd" {
+			continue
+		}
+		if mask, err := strconv.ParseUint(strings.TrimSpace(val), 16, 64); err == nil && mask&sigkillBit != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // ParseStat extracts comm and starttime (field 22) from /proc/PID/stat. The
 // comm is whatever lies between the first "(" and the last ")": it may itself
 // contain spaces and parentheses.
@@ -156,6 +204,14 @@ func ParseStatus(r io.Reader) (Status, error) {
 	for sc.Scan() {
 		key, val, ok := strings.Cut(sc.Text(), ":")
 		if !ok {
+			continue
+		}
+		if key == "NSpid" {
+			if f := strings.Fields(val); len(f) > 0 {
+				if v, err := strconv.Atoi(f[len(f)-1]); err == nil && v > 0 {
+					s.PidInNS = v
+				}
+			}
 			continue
 		}
 		var dst *uint64

@@ -42,7 +42,7 @@ func TestParseStatusRealSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s != (Status{RssAnonKB: 160, RssFileKB: 1984, VmSizeKB: 4040, VmPTEKB: 44}) {
+	if s != (Status{RssAnonKB: 160, RssFileKB: 1984, VmSizeKB: 4040, VmPTEKB: 44, PidInNS: 5524}) {
 		t.Fatalf("got %+v", s)
 	}
 	if _, err := ParseStatus(strings.NewReader("RssAnon:\tlots kB\n")); err == nil {
@@ -106,4 +106,21 @@ func FuzzParseStatus(f *testing.F) {
 		f.Add(string(data))
 	}
 	f.Fuzz(func(t *testing.T, s string) { _, _ = ParseStatus(strings.NewReader(s)) })
+}
+
+func TestKillPending(t *testing.T) {
+	sample, err := os.ReadFile("testdata/proc/status-cp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if killPending(sample) {
+		t.Fatal("a running process's status read as SIGKILL pending")
+	}
+	for _, line := range []string{"ShdPnd:\t0000000000000100", "SigPnd:\t0000000000000100", "ShdPnd:\t0000000000004100"} {
+		dying := strings.Replace(string(sample), "ShdPnd:\t0000000000000000", line, 1)
+		dying = strings.Replace(dying, "SigPnd:\t0000000000000000", line, 1)
+		if !killPending([]byte(dying)) {
+			t.Errorf("%q not read as SIGKILL pending", line)
+		}
+	}
 }

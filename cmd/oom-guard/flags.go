@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/report"
+)
+
+// options is everything the command line sets.
+type options struct {
+	root       string
+	port       int
+	webhookURL string
+	webhook    *report.WebhookTarget
+	guard      guard.Config
+}
+
+// errUsage marks a command-line error: exit status 2.
+type errUsage struct{ err error }
+
+func (e errUsage) Error() string { return e.err.Error() }
+
+func usageErr(format string, a ...any) error { return errUsage{fmt.Errorf(format, a...)} }
+
+// parseFlags reads the seed DaemonSet's flags (same names, same meaning,
+// same defaults; see shared/notes/product.md) and klog's.
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("oom-guard", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	klog.InitFlags(fs)
+	def := guard.DefaultConfig()
+	o := &options{guard: def}
+	var walkSec, resetSec, guardMs, recheckMs, reclaimMs int
+	var minMiB, maxMiB float64
+	var policy string
+	fs.StringVar(&o.root, "root", "", "memory cgroup hierarchy (or sub-tree) to guard; default: this host's memory controller mount")
+	fs.IntVar(&walkSec, "walkIntervalSeconds", 277, "full re-walk of the hierarchy every this many seconds (a safety net behind inotify)")
+	fs.IntVar(&resetSec, "inotifyResetSeconds", 701, "re-create the inotify watches from scratch this often")
+	fs.IntVar(&o.port, "port", 0, "HTTP port for /healthz and /metrics; 0 disables it")
+	fs.Float64Var(&o.guard.MarginRatio, "margin-ratio", def.MarginRatio, "margin = limit x ratio, threshold = limit - margin")
+	fs.Float64Var(&minMiB, "min-margin", 1, "smallest margin, MiB")
+	fs.Float64Var(&maxMiB, "max-margin", 30, "largest margin, MiB")
+	fs.IntVar(&guardMs, "guard-ms", 50, "after acting on a cgroup, wait this long for the memory to come back before acting on it again")
+	fs.StringVar(&policy, "policy", string(def.Policy), "on a crossing: process (kill the highest oom_score), container (kill the whole container) or noop (log only)")
+	fs.BoolVar(&o.guard.OpenSoftLimit, "openSoftLimit", false, "also set each guarded cgroup's soft limit at its threshold (restored on exit)")
+	fs.StringVar(&o.webhookURL, "webhook-url", "http://localhost/message", "POST each event's JSON here (http://, https:// or unix:///socket/path); empty disables it")
+	fs.Float64Var(&o.guard.ReclaimableRatio, "reclaimable-ratio", def.ReclaimableRatio, "stand down while reclaimable page cache is at least this fraction of the limit; 0 never stands down")
+	fs.IntVar(&recheckMs, "recheck-ms", int(def.RecheckInterval/time.Millisecond), "how often a cgroup that stays above its threshold is looked at again")
+	fs.IntVar(&reclaimMs, "reclaim-budget-ms", int(def.ReclaimBudget/time.Millisecond), "longest one reclaim request may take")
+	fs.StringVar(&o.guard.Hostname, "hostname", "", "node name in events; default: $NODE_NAME, else the host name")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, errUsage{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	p, err := guard.ParsePolicy(policy)
+	if err != nil {
+		return nil, errUsage{err}
+	}
+	o.guard.Policy = p
+	for name, v := range map[string]int{"walkIntervalSeconds": walkSec, "inotifyResetSeconds": resetSec, "recheck-ms": recheckMs, "reclaim-budget-ms": reclaimMs} {
+		if v <= 0 {
+			return nil, usageErr("--%s must be positive, got %d", name, v)
+		}
+	}
+	if guardMs < 0 || o.port < 0 || o.port > 65535 || minMiB < 0 || maxMiB <= 0 {
+		return nil, usageErr("--guard-ms, --port, --min-margin and --max-margin must be in range (got %d, %d, %v, %v)", guardMs, o.port, minMiB, maxMiB)
+	}
+	o.guard.WalkInterval = time.Duration(walkSec) * time.Second
+	o.guard.InotifyReset = time.Duration(resetSec) * time.Second
+	o.guard.GuardInterval = time.Duration(guardMs) * time.Millisecond
+	o.guard.RecheckInterval = time.Duration(recheckMs) * time.Millisecond
+	o.guard.ReclaimBudget = time.Duration(reclaimMs) * time.Millisecond
+	o.guard.MinMargin = uint64(minMiB * (1 << 20))
+	o.guard.MaxMargin = uint64(maxMiB * (1 << 20))
+	if err := o.guard.Validate(); err != nil {
+		return nil, errUsage{err}
+	}
+	if o.webhookURL != "" {
+		if o.webhook, err = report.ParseWebhookURL(o.webhookURL); err != nil {
+			return nil, usageErr("--webhook-url: %v", err)
+		}
+	}
+	if o.root == "" {
+		if o.root, err = cgroup.DefaultMemoryRoot(); err != nil {
+			return nil, usageErr("--root not given and %v", err)
+		}
+	}
+	if o.guard.Hostname == "" {
+		o.guard.Hostname = os.Getenv("NODE_NAME")
+	}
+	if o.guard.Hostname == "" {
+		o.guard.Hostname, _ = os.Hostname()
+	}
+	o.root = strings.TrimSuffix(o.root, "/")
+	if o.root == "" {
+		o.root = "/"
+	}
+	return o, nil
+}

@@ -1,0 +1,487 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/testenv"
+)
+
+// guardBin is the oom-guard binary built once for the end-to-end tests.
+var guardBin string
+
+func TestMain(m *testing.M) {
+	testenv.RunHogIfRequested()
+	dir, err := os.MkdirTemp("", "oomguard-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	guardBin = filepath.Join(dir, "oom-guard")
+	build := exec.Command("go", "build", "-o", guardBin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build oom-guard: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// seedArgs is the args list of the seed's DaemonSet (seed 000), verbatim.
+var seedArgs = []string{
+	"--v=2", "--logtostderr", "--root=/sys/fs/cgroup/memory",
+	"--walkIntervalSeconds=277", "--inotifyResetSeconds=701", "--port=0",
+	"--margin-ratio=0.02", "--min-margin=1", "--max-margin=30", "--guard-ms=50",
+	"--policy=container", "--openSoftLimit=false", "--webhook-url=http://localhost/message",
+}
+
+func TestSeedArgsParse(t *testing.T) {
+	o, err := parseFlags(seedArgs, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := o.guard
+	if o.root != "/sys/fs/cgroup/memory" || o.port != 0 || o.webhookURL != "http://localhost/message" ||
+		g.Policy != guard.PolicyContainer || g.MarginRatio != 0.02 || g.MinMargin != 1<<20 || g.MaxMargin != 30<<20 ||
+		g.GuardInterval != 50*time.Millisecond || g.WalkInterval != 277*time.Second || g.InotifyReset != 701*time.Second ||
+		g.OpenSoftLimit {
+		t.Fatalf("seed args read as %+v, guard %+v", o, g)
+	}
+}
+
+// Every bad value ends the program at once: exit status 2, one line saying why.
+func TestBadFlagsExit2(t *testing.T) {
+	notCgroup := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string // in the message
+	}{
+		{[]string{"--margin-ratio=0"}, "margin ratio"},
+		{[]string{"--margin-ratio=1"}, "margin ratio"},
+		{[]string{"--margin-ratio=-0.5"}, "margin ratio"},
+		{[]string{"--margin-ratio=abc"}, "margin-ratio"},
+		{[]string{"--min-margin=40", "--max-margin=30"}, "min margin"},
+		{[]string{"--max-margin=0"}, "max-margin"},
+		{[]string{"--policy=reboot"}, "unknown policy"},
+		{[]string{"--policy="}, "unknown policy"},
+		{[]string{"--webhook-url=ftp://host/x"}, "webhook-url"},
+		{[]string{"--webhook-url=http://"}, "webhook-url"},
+		{[]string{"--webhook-url=://nothing"}, "webhook-url"},
+		{[]string{"--webhook-url=unix://"}, "webhook-url"},
+		{[]string{"--walkIntervalSeconds=0"}, "walkIntervalSeconds"},
+		{[]string{"--inotifyResetSeconds=-1"}, "inotifyResetSeconds"},
+		{[]string{"--guard-ms=-5"}, "guard-ms"},
+		{[]string{"--port=70000"}, "port"},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+		{[]string{"stray"}, "unexpected argument"},
+		{[]string{"--root=" + notCgroup}, "not a cgroup"},
+		{[]string{"--root=/nonexistent/oom-guard"}, "no such file"},
+		{[]string{"--root=/proc"}, "not a cgroup"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stderr bytes.Buffer
+			args := append([]string{"--port=0", "--webhook-url="}, tc.args...)
+			if !hasRoot(tc.args) {
+				// Flags are checked before the root is opened: the root is never used.
+				args = append([]string{"--root=/sys/fs/cgroup/memory"}, args...)
+			}
+			if code := run(args, &stderr); code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %q", code, stderr.String())
+			}
+			msg := stderr.String()
+			if strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "oom-guard: ") || !strings.Contains(msg, tc.want) {
+				t.Fatalf("message %q: want one line naming %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+func hasRoot(args []string) bool {
+	for _, a := range args {
+		if strings.HasPrefix(a, "--root=") {
+			return true
+		}
+	}
+	return false
+}
+
+// received collects what a webhook server was sent.
+type received struct {
+	mu     sync.Mutex
+	bodies [][]byte
+	ch     chan []byte
+}
+
+func (r *received) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	if req.Method != http.MethodPost || req.URL.Path != "/message" || req.Header.Get("Content-Type") != "application/json" {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	r.mu.Lock()
+	r.bodies = append(r.bodies, body)
+	r.mu.Unlock()
+	select {
+	case r.ch <- body:
+	default:
+	}
+}
+
+// daemon is a running oom-guard binary.
+type daemon struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	exited chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startDaemon runs the binary over the test's own cgroup sub-tree only and
+// waits until it has guarded `guarded` cgroups (from its log). It is
+// stopped with SIGTERM at the end of the test.
+func startDaemon(t *testing.T, cg *testenv.Cgroup, guarded int, env []string, args ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(guardBin, append(args, "--root="+cg.Mem.Path(cg.Rel, ""))...)
+	cmd.Env = append(os.Environ(), env...)
+	d := &daemon{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-d.exited
+			t.Errorf("oom-guard did not stop on SIGTERM within 10s")
+		}
+		if t.Failed() {
+			t.Logf("oom-guard's log:\n%s", d.stderr.String())
+		}
+	})
+	want := fmt.Sprintf("guarding %d of ", guarded)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.stderr.String(), want) {
+		select {
+		case <-d.exited:
+			t.Fatalf("oom-guard exited at start: %v\n%s", cmd.ProcessState, d.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("oom-guard not guarding %d cgroups within 10s:\n%s", guarded, d.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return d
+}
+
+// stop sends SIGTERM and returns the exit status.
+func (d *daemon) stop(t *testing.T) int {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("oom-guard did not stop on SIGTERM within 10s")
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) syscall.WaitStatus {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return cmd.ProcessState.Sys().(syscall.WaitStatus)
+	case <-time.After(d):
+		t.Fatalf("pid %d still running after %v", cmd.Process.Pid, d)
+	}
+	return 0
+}
+
+func kernelOOMKills(t *testing.T, rel string) uint64 {
+	t.Helper()
+	mem, err := cgroup.Open(testenv.V1MemoryRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := mem.OOMKills(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// The binary kills a fast allocator before the kernel does, POSTs the
+// seed's JSON to the webhook, counts it in /metrics, and on SIGTERM stops
+// cleanly with the soft limits it set put back.
+func TestBinaryKillsReportsAndStops(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	const limit = 64 << 20
+	rel := cg.Child(t, "app", limit)
+	mem, err := cgroup.Open(testenv.V1MemoryRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	softBefore, err := mem.SoftLimit(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := &received{ch: make(chan []byte, 10)}
+	srv := httptest.NewServer(hook)
+	defer srv.Close()
+	port := freePort(t)
+	d := startDaemon(t, cg, 1, []string{"NODE_NAME=node-under-test"},
+		"--policy=process", "--openSoftLimit=true", "--port="+strconv.Itoa(port),
+		"--webhook-url="+srv.URL+"/message", "--v=2", "--logtostderr")
+
+	cfg := guard.DefaultConfig()
+	// The kernel rounds a soft limit down to whole pages.
+	page := uint64(os.Getpagesize())
+	if got, _ := mem.SoftLimit(rel); got != cfg.Threshold(limit)/page*page {
+		t.Fatalf("soft limit %d while guarded, want the threshold %d", got, cfg.Threshold(limit))
+	}
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	var body []byte
+	select {
+	case body = <-hook.ch:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no webhook POST within 15s")
+	}
+	if ws := waitExit(t, hog, 5*time.Second); ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("hog ended with %v", ws)
+	}
+	if n := kernelOOMKills(t, rel); n != 0 {
+		t.Fatalf("the kernel OOM-killed %d processes: the guard lost the race", n)
+	}
+	checkSeedJSON(t, body, map[string]any{
+		"hostname":   "node-under-test",
+		"oomcgroup":  cg.Path("app"),
+		"proccgroup": cg.Path("app"),
+		"threshold":  float64(cfg.Threshold(limit)),
+		"policy":     "Process",
+		"reason":     "OomGuardKillProcess",
+	}, hog.Process.Pid)
+
+	metrics := scrape(t, port, "/metrics")
+	for _, want := range []string{
+		`oomguard_guarded_cgroups 1`,
+		`oomguard_actions_total{reason="OomGuardKillProcess"} 1`,
+		`oomguard_reaction_seconds_count 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if h := scrape(t, port, "/healthz"); strings.TrimSpace(h) != "ok" {
+		t.Errorf("/healthz says %q", h)
+	}
+
+	if code := d.stop(t); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM:\n%s", code, d.stderr.String())
+	}
+	if got, _ := mem.SoftLimit(rel); got != softBefore {
+		t.Fatalf("soft limit %d after stop, want %d restored", got, softBefore)
+	}
+}
+
+// checkSeedJSON asserts body carries the seed's nine fields (seed 000) with
+// the seed's types, the given values, and pid as the killed process.
+func checkSeedJSON(t *testing.T, body []byte, want map[string]any, pid int) {
+	t.Helper()
+	var got map[string]any
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatalf("webhook body is not JSON: %v\n%s", err, body)
+	}
+	for _, k := range []string{"hostname", "timestamp", "oomcgroup", "proccgroup", "killed", "stats", "policy"} {
+		if _, ok := got[k].(string); !ok {
+			t.Errorf("field %q: %v is not a string", k, got[k])
+		}
+	}
+	for _, k := range []string{"threshold", "usage"} {
+		if _, ok := got[k].(float64); !ok {
+			t.Errorf("field %q: %v is not a number", k, got[k])
+		}
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("field %q = %v, want %v", k, got[k], v)
+		}
+	}
+	if ts, err := time.Parse(time.RFC3339Nano, fmt.Sprint(got["timestamp"])); err != nil || time.Since(ts) > time.Minute {
+		t.Errorf("timestamp %v: %v", got["timestamp"], err)
+	}
+	if killed := fmt.Sprint(got["killed"]); !regexp.MustCompile(`^` + strconv.Itoa(pid) + `\([^)]+\) $`).MatchString(killed) {
+		t.Errorf("killed %q, want %q", killed, strconv.Itoa(pid)+"(COMM) ")
+	}
+	if stats := fmt.Sprint(got["stats"]); !strings.Contains(stats, "|rss ") && !strings.HasPrefix(stats, "cache ") || !strings.HasSuffix(stats, "|") {
+		t.Errorf("stats %q: want memory.stat as key value|...|", stats)
+	}
+	if usage, _ := got["usage"].(float64); usage < got["threshold"].(float64) {
+		t.Errorf("usage %v below threshold %v", usage, got["threshold"])
+	}
+	if t.Failed() {
+		t.Logf("body: %s", body)
+	}
+}
+
+func scrape(t *testing.T, port int, path string) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// The seed DaemonSet's args, copied as is (only --root narrowed to this
+// test's sub-tree), start the guard, and its container policy works even
+// though nothing listens at the seed's webhook URL.
+func TestSeedArgsStartTheGuard(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "pod", 64<<20)
+	args := make([]string, 0, len(seedArgs))
+	for _, a := range seedArgs {
+		if !strings.HasPrefix(a, "--root=") {
+			args = append(args, a)
+		}
+	}
+	d := startDaemon(t, cg, 1, nil, args...)
+	idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+	cg.Start(t, rel, idle)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	waitExit(t, hog, 15*time.Second)
+	waitExit(t, idle, 5*time.Second)
+	if n := kernelOOMKills(t, rel); n != 0 {
+		t.Fatalf("the kernel OOM-killed %d processes", n)
+	}
+	if !waitLog(d, "OomGuardKillContainer", 5*time.Second) {
+		t.Fatalf("no OomGuardKillContainer in the log:\n%s", d.stderr.String())
+	}
+}
+
+func waitLog(d *daemon, s string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(d.stderr.String(), s) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+// A webhook that accepts connections and never answers does not slow the
+// guard down: one allocator after another is killed before the kernel can,
+// while every POST hangs.
+func TestHungWebhookDoesNotDelayKills(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, bufio.NewReader(c)) }() // read, never answer
+		}
+	}()
+	defer func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	const hogs = 3
+	var rels []string
+	for i := 0; i < hogs; i++ {
+		rels = append(rels, cg.Child(t, fmt.Sprintf("c%d", i), 64<<20))
+	}
+	port := freePort(t)
+	startDaemon(t, cg, hogs, nil, "--policy=process", "--port="+strconv.Itoa(port),
+		"--webhook-url=http://"+l.Addr().String()+"/message", "--v=1", "--logtostderr")
+	for i, rel := range rels {
+		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+		cg.Start(t, rel, hog)
+		if ws := waitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("hog %d ended with %v", i, ws)
+		}
+		if n := kernelOOMKills(t, rel); n != 0 {
+			t.Fatalf("hog %d: the kernel OOM-killed %d processes while the webhook hung", i, n)
+		}
+	}
+	metrics := scrape(t, port, "/metrics")
+	if want := fmt.Sprintf(`oomguard_actions_total{reason="OomGuardKillProcess"} %d`, hogs); !strings.Contains(metrics, want) {
+		t.Fatalf("/metrics lacks %q", want)
+	}
+	mu.Lock()
+	n := len(conns)
+	mu.Unlock()
+	if n == 0 {
+		t.Fatal("the guard never tried the webhook")
+	}
+}
