@@ -43,8 +43,9 @@ func main() {
 	idle := flag.Int("idle", 1000, "idle guarded cgroups for the RSS/CPU measurement (0 skips it)")
 	idleFor := flag.Duration("idle-for", 10*time.Second, "how long to measure the idle guard")
 	guardBin := flag.String("guard-bin", "", "oom-guard binary for the idle measurement (default: build it)")
+	eventRuns := flag.Int("event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
 	flag.Parse()
-	if err := run(*runs, ints(*limits), ints(*threads), *idle, *idleFor, *guardBin); err != nil {
+	if err := run(*runs, ints(*limits), ints(*threads), *idle, *idleFor, *guardBin, *eventRuns); err != nil {
 		fmt.Fprintln(os.Stderr, "preempt:", err)
 		os.Exit(1)
 	}
@@ -89,7 +90,7 @@ type row struct {
 	react                                                   []time.Duration
 }
 
-func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guardBin string) error {
+func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guardBin string, eventRuns int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root")
 	}
@@ -155,6 +156,11 @@ func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guard
 		return err
 	}
 	printTable(rows, cfg)
+	if eventRuns > 0 {
+		if err := eventLatency(root, top, eventRuns); err != nil {
+			return err
+		}
+	}
 	if idle > 0 {
 		return idleCost(root, top, idle, idleFor, guardBin)
 	}

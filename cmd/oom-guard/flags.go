@@ -13,6 +13,7 @@ import (
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/identity"
 	"github.com/oom-guard/oom-guard/internal/report"
 )
 
@@ -23,6 +24,15 @@ type options struct {
 	webhookURL string
 	webhook    *report.WebhookTarget
 	guard      guard.Config
+
+	kmsgPath     string   // the kernel log; "" reads none
+	dockerSocket string   // "" asks no Docker daemon
+	criSockets   []string // CRI runtimes to ask, in order
+	// killContainerOnChildOOM: when the kernel kills a process that is not
+	// its container's init, kill the whole container (v2's
+	// memory.oom.group, done for v1) so the orchestrator restarts it.
+	killContainerOnChildOOM bool
+	runtimeTimeout          time.Duration
 }
 
 // errUsage marks a command-line error: exit status 2.
@@ -58,6 +68,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&recheckMs, "recheck-ms", int(def.RecheckInterval/time.Millisecond), "how often a cgroup that stays above its threshold is looked at again")
 	fs.IntVar(&reclaimMs, "reclaim-budget-ms", int(def.ReclaimBudget/time.Millisecond), "longest one reclaim request may take")
 	fs.StringVar(&o.guard.Hostname, "hostname", "", "node name in events; default: $NODE_NAME, else the host name")
+	fs.StringVar(&o.kmsgPath, "kmsg", "/dev/kmsg", "kernel log to read OOM reports from (enriches the cgroup counters, adds system OOMs); empty reads none")
+	fs.StringVar(&o.dockerSocket, "docker-socket", identity.DefaultDockerSocket, "Docker Engine API socket for container names and stops; empty asks none")
+	criList := fs.String("cri-sockets", identity.DefaultContainerdSocket+","+identity.DefaultCRIOSocket, "CRI runtime sockets (comma-separated) for pod and container names and stops; empty asks none")
+	fs.BoolVar(&o.killContainerOnChildOOM, "kill-container-on-child-oom", false, "when the kernel OOM-kills a process that is not its container's init, kill the whole container so it is restarted")
+	runtimeMs := fs.Int("runtime-timeout-ms", 500, "longest wait for a container runtime's answer")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -82,6 +97,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if guardMs < 0 || o.port < 0 || o.port > 65535 || minMiB < 0 || maxMiB <= 0 {
 		return nil, usageErr("--guard-ms, --port, --min-margin and --max-margin must be in range (got %d, %d, %v, %v)", guardMs, o.port, minMiB, maxMiB)
+	}
+	if *runtimeMs <= 0 {
+		return nil, usageErr("--runtime-timeout-ms must be positive, got %d", *runtimeMs)
+	}
+	o.runtimeTimeout = time.Duration(*runtimeMs) * time.Millisecond
+	for _, s := range strings.Split(*criList, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.criSockets = append(o.criSockets, s)
+		}
 	}
 	o.guard.WalkInterval = time.Duration(walkSec) * time.Second
 	o.guard.InotifyReset = time.Duration(resetSec) * time.Second

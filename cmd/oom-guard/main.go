@@ -11,15 +11,20 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/identity"
 	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/kmsg"
 	"github.com/oom-guard/oom-guard/internal/notify"
+	"github.com/oom-guard/oom-guard/internal/reconcile"
 	"github.com/oom-guard/oom-guard/internal/report"
 )
 
@@ -59,21 +64,30 @@ func serve(o *options, mem cgroup.Memory) error {
 		webhook = report.NewWebhook(o.webhook, report.WebhookOptions{}, metrics)
 		sinks = append(sinks, webhook)
 	}
-	notifier, killer, err := kernelParts(mem)
+	rt := newRuntimes(o)
+	notifier, killer, err := kernelParts(mem, rt.stoppers, o.runtimeTimeout)
 	if err != nil {
 		return err
 	}
-	g, err := guard.New(o.guard, mem, notifier, killer, report.Fanout(sinks...), metrics)
+	rec := reconcile.New(reconcile.Config{
+		Hostname: o.guard.Hostname, MemRoot: memRoot(mem), Scope: mem.FS().Root,
+		Inspector: rt.inspector, Procs: procsOf(mem),
+		OnChildOOM: childOOMAction(o, mem, killer),
+	}, report.Fanout(sinks...))
+	g, err := guard.New(o.guard, mem, notifier, killer, rec, metrics)
 	if err != nil {
+		rec.Stop()
 		return err
 	}
 	var srv *report.Server
 	if o.port > 0 {
 		srv = report.NewServer(":"+strconv.Itoa(o.port), metrics, g.Healthy)
 		if err := srv.Start(); err != nil {
+			rec.Stop()
 			return fmt.Errorf("--port %d: %w", o.port, err)
 		}
 	}
+	stopKmsg := readKernelLog(o.kmsgPath, rec)
 
 	stop := make(chan struct{})
 	sig := make(chan os.Signal, 1)
@@ -85,6 +99,9 @@ func serve(o *options, mem cgroup.Memory) error {
 	}()
 	runErr := g.Run(stop)
 
+	stopKmsg()
+	rec.Stop()
+	rt.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if srv != nil {
@@ -97,7 +114,7 @@ func serve(o *options, mem cgroup.Memory) error {
 }
 
 // kernelParts picks the notification and kill mechanisms for the hierarchy.
-func kernelParts(mem cgroup.Memory) (guard.Notifier, guard.Killer, error) {
+func kernelParts(mem cgroup.Memory, stoppers []identity.Stopper, timeout time.Duration) (guard.Notifier, kill.ViaRuntime, error) {
 	switch mem.Version() {
 	case cgroup.VersionV1:
 		freezer, err := cgroup.V1Sibling(mem.FS().Root, "freezer")
@@ -105,8 +122,108 @@ func kernelParts(mem cgroup.Memory) (guard.Notifier, guard.Killer, error) {
 			klog.Warningf("no v1 freezer (%v): the container policy kills without freezing first", err)
 			freezer = nil
 		}
-		return notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}, nil
+		k := kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}
+		return notify.V1Notifier{FS: mem.FS()}, kill.ViaRuntime{Killer: k, Stoppers: stoppers, Timeout: timeout}, nil
 	default:
-		return nil, nil, fmt.Errorf("cgroup %s on %s is not supported yet", mem.Version(), mem.FS().Root)
+		return nil, kill.ViaRuntime{}, fmt.Errorf("cgroup %s on %s is not supported yet", mem.Version(), mem.FS().Root)
+	}
+}
+
+// runtimes are the container runtimes the guard may ask for names and stops.
+type runtimes struct {
+	inspector reconcile.Inspector
+	stoppers  []identity.Stopper
+	close     func()
+}
+
+func newRuntimes(o *options) runtimes {
+	var resolvers []identity.Resolver
+	var closers []func() error
+	rt := runtimes{close: func() {}}
+	if o.dockerSocket != "" {
+		d := identity.NewDocker(o.dockerSocket)
+		resolvers, rt.stoppers, closers = append(resolvers, d), append(rt.stoppers, d), append(closers, d.Close)
+	}
+	for _, s := range o.criSockets {
+		c := identity.NewCRI(s)
+		resolvers, rt.stoppers, closers = append(resolvers, c), append(rt.stoppers, c), append(closers, c.Close)
+	}
+	if len(resolvers) == 0 {
+		return rt
+	}
+	cached := identity.NewCached(0, 0, resolvers...)
+	cached.Timeout = o.runtimeTimeout
+	rt.inspector = cached
+	rt.close = func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}
+	return rt
+}
+
+// memRoot is the mount point of the hierarchy --root is in: the kernel log
+// names cgroups relative to it.
+func memRoot(mem cgroup.Memory) string {
+	if p, err := cgroup.DefaultMemoryRoot(); err == nil {
+		return p
+	}
+	return mem.FS().Root
+}
+
+// procsOf lists the processes in a cgroup given by absolute path.
+func procsOf(mem cgroup.Memory) func(string) ([]int, error) {
+	fs := &cgroup.FS{Root: memRoot(mem)}
+	return func(abs string) ([]int, error) {
+		rel := strings.TrimPrefix(abs, strings.TrimSuffix(fs.Root, "/"))
+		return fs.Procs(rel, true)
+	}
+}
+
+// childOOMAction is --kill-container-on-child-oom: the container the kernel
+// took a child from is killed whole, through its runtime where one has it.
+func childOOMAction(o *options, mem cgroup.Memory, killer kill.ViaRuntime) func(event.Event) {
+	if !o.killContainerOnChildOOM {
+		return nil
+	}
+	root := strings.TrimSuffix(mem.FS().Root, "/")
+	return func(ev event.Event) {
+		if !strings.HasPrefix(ev.ProcCgroup, root+"/") && ev.ProcCgroup != root {
+			return
+		}
+		rel := "/" + strings.TrimPrefix(strings.TrimPrefix(ev.ProcCgroup, root), "/")
+		killed, _, err := killer.KillContainer(rel)
+		if err != nil {
+			klog.Errorf("container %s: kill after its child's OOM: %v", ev.ContainerID, err)
+			return
+		}
+		klog.Warningf("container %s (%s): killed whole after the kernel OOM-killed its child %s: %d process(es)",
+			ev.ContainerName, ev.ContainerID, strings.TrimSpace(ev.Killed), len(killed))
+	}
+}
+
+// readKernelLog follows the kernel log for OOM reports. Without it the
+// cgroup counters still report every kill in the guarded hierarchy.
+func readKernelLog(path string, rec *reconcile.Reconciler) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	r, err := kmsg.Open(kmsg.Config{Path: path, OnKill: rec.Kernel, OnLoss: func(l kmsg.Loss) {
+		klog.Warningf("kernel log %s: %d record(s) lost (overrun %v): the cgroup counters still count every kill", path, l.Records, l.Overrun)
+	}})
+	if err != nil {
+		klog.Warningf("kernel log: %v: OOM kills are reported from the cgroup counters only (no system OOMs)", err)
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Run(); err != nil && !errors.Is(err, kmsg.ErrClosed) {
+			klog.Errorf("kernel log %s: %v", path, err)
+		}
+	}()
+	return func() {
+		_ = r.Close()
+		<-done
 	}
 }

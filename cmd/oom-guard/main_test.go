@@ -44,6 +44,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	testenv.Cleanup()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -172,12 +173,12 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startDaemon runs the binary over the test's own cgroup sub-tree only and
+// startDaemon runs the binary over root (the test's own cgroup sub-tree) only and
 // waits until it has guarded `guarded` cgroups (from its log). It is
 // stopped with SIGTERM at the end of the test.
-func startDaemon(t *testing.T, cg *testenv.Cgroup, guarded int, env []string, args ...string) *daemon {
+func startDaemon(t *testing.T, root string, guarded int, env []string, args ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(guardBin, append(args, "--root="+cg.Mem.Path(cg.Rel, ""))...)
+	cmd := exec.Command(guardBin, append(args, "--root="+root)...)
 	cmd.Env = append(os.Environ(), env...)
 	d := &daemon{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = d.stderr
@@ -281,7 +282,7 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	srv := httptest.NewServer(hook)
 	defer srv.Close()
 	port := freePort(t)
-	d := startDaemon(t, cg, 1, []string{"NODE_NAME=node-under-test"},
+	d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, []string{"NODE_NAME=node-under-test"},
 		"--policy=process", "--openSoftLimit=true", "--port="+strconv.Itoa(port),
 		"--webhook-url="+srv.URL+"/message", "--v=2", "--logtostderr")
 
@@ -399,7 +400,7 @@ func TestSeedArgsStartTheGuard(t *testing.T) {
 			args = append(args, a)
 		}
 	}
-	d := startDaemon(t, cg, 1, nil, args...)
+	d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, nil, args...)
 	idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
 	cg.Start(t, rel, idle)
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
@@ -462,7 +463,7 @@ func TestHungWebhookDoesNotDelayKills(t *testing.T) {
 		rels = append(rels, cg.Child(t, fmt.Sprintf("c%d", i), 64<<20))
 	}
 	port := freePort(t)
-	startDaemon(t, cg, hogs, nil, "--policy=process", "--port="+strconv.Itoa(port),
+	startDaemon(t, cg.Mem.Path(cg.Rel, ""), hogs, nil, "--policy=process", "--port="+strconv.Itoa(port),
 		"--webhook-url=http://"+l.Addr().String()+"/message", "--v=1", "--logtostderr")
 	for i, rel := range rels {
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
@@ -484,4 +485,11 @@ func TestHungWebhookDoesNotDelayKills(t *testing.T) {
 	if n == 0 {
 		t.Fatal("the guard never tried the webhook")
 	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(strings.TrimSpace(s))
+	return n
 }

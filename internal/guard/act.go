@@ -196,6 +196,10 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	}
 	c.episode = true
 	p := g.validPrep(c, notified)
+	var statBefore string // for the event, should the cgroup be gone after the kill
+	if p != nil {
+		statBefore = p.statText
+	}
 	if p == nil || g.cfg.Judge(limit, p.reclaimable+sub(usage, p.usage)) == StandDown {
 		// Without a preparation, or if the page cache may have grown
 		// enough since, read memory.stat now.
@@ -208,6 +212,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 			g.standDown(c, usage, stat)
 			return
 		}
+		statBefore = stat.Text
 	}
 	var victim *kill.Target
 	if p != nil {
@@ -217,7 +222,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
-	g.act(c, victim, usage, limit, notified)
+	g.act(c, victim, usage, limit, notified, statBefore)
 }
 
 func processes(g *Guard, killed []kill.Candidate) []event.Process {
@@ -303,7 +308,7 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
 // would choose). The victim is signalled first, through its pidfd: that
 // stops the growth at once; for the container policy its cgroup's other
 // processes follow (frozen, killed, thawed). Reporting comes after.
-func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified time.Time) {
+func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified time.Time, statBefore string) {
 	ev := event.Event{
 		Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(victim.Cgroup),
 		Threshold: c.threshold, Usage: usage, Limit: limit, Policy: g.cfg.Policy.Title(),
@@ -352,6 +357,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		}
 	}
 	g.metrics.Action(ev.Reason, reaction)
+	ev.Stats = statBefore
 	if stat, err := c.files.Stat(); err == nil {
 		ev.Stats = stat.Text
 	}
@@ -380,8 +386,15 @@ func (g *Guard) onKernelOOM(c *cg, notified time.Time) {
 	if cands, err := g.killer.Candidates(c.rel, c.limit); err == nil || len(cands) > 0 {
 		c.remember(cands)
 	}
-	c.oomCheckAt = notified.Add(10 * time.Millisecond)
+	c.oomChecks = 0
+	c.oomCheckAt = notified.Add(oomCheckDelays[0])
 }
+
+// oomCheckDelays are when, after the kernel's OOM notification, the kill
+// counters are read: the kernel usually has killed within a millisecond,
+// but a victim can take longer to choose or to die, and the event should
+// name it.
+var oomCheckDelays = [...]time.Duration{time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond}
 
 // countKernelKills reports kernel OOM kills in c and its descendants since
 // the last count (v1's oom_kill is charged to the victim's own cgroup), one
@@ -390,6 +403,8 @@ func (g *Guard) onKernelOOM(c *cg, notified time.Time) {
 func (g *Guard) countKernelKills(c *cg) {
 	usage, _ := g.mem.Usage(c.rel)
 	stat, _ := g.mem.Stat(c.rel)
+	lastCheck := c.oomChecks+1 >= len(oomCheckDelays)
+	counted, waiting := false, false
 	for rel, d := range g.known {
 		if rel != c.rel && !isUnder(rel, c.rel) {
 			continue
@@ -399,8 +414,13 @@ func (g *Guard) countKernelKills(c *cg) {
 			continue
 		}
 		delta := n - d.oomKills
-		d.oomKills = n
 		victims := g.goneFrom(c, rel)
+		if uint64(len(victims)) < delta && !lastCheck {
+			waiting = true // a victim still dying: name it at the next check
+			continue
+		}
+		counted = true
+		d.oomKills = n
 		for i := uint64(0); i < delta; i++ {
 			g.metrics.KernelKill(event.CgroupOOM)
 			ev := event.Event{
@@ -413,6 +433,11 @@ func (g *Guard) countKernelKills(c *cg) {
 			}
 			g.reportKernelKill(ev, killed)
 		}
+	}
+	if (waiting || !counted) && !lastCheck {
+		c.oomChecks++
+		c.oomCheckAt = time.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
+		return
 	}
 	c.seen = nil
 }

@@ -41,6 +41,7 @@ type cg struct {
 
 	oomKills   uint64    // kernel oom_kill count already reported
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
+	oomChecks  int       // checks done since the kernel's OOM notification
 	// seen is the processes last seen in the cgroup's sub-tree while it
 	// was near its limit (at the early threshold, at the kernel's OOM
 	// notification): when the kernel's kill counter moves, the one that

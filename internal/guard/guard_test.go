@@ -194,9 +194,11 @@ func TestNoopLeavesItToTheKernel(t *testing.T) {
 		t.Fatalf("kernel oom_kill = %d, want 1", n)
 	}
 	// The cgroup source alone (no kernel log) names the kernel's victim.
+	// (Its memory at death is the kernel log's to tell: the processes seen
+	// before the kill may have been seen only as the kernel reaped it.)
 	k := sink.wait(t, event.CgroupOOM, 5*time.Second)
 	if k.ProcCgroup != cg.Path("c") || len(k.Processes) != 1 || k.Processes[0].Pid != hog.Process.Pid ||
-		k.Processes[0].AnonRSSKB == 0 || k.Killed != strconv.Itoa(hog.Process.Pid)+"("+k.Processes[0].Comm+") " {
+		k.Killed != strconv.Itoa(hog.Process.Pid)+"("+k.Processes[0].Comm+") " {
 		t.Fatalf("kernel kill event %+v", k)
 	}
 	if n := len(filter(sink.all(), event.WouldKill)); n != 1 {

@@ -16,6 +16,7 @@ type prepared struct {
 	at          time.Time
 	usage       uint64 // when prepared
 	reclaimable uint64 // page cache when prepared
+	statText    string // memory.stat when prepared
 	cgroups     []string
 	pids        []int // sorted: every process of the cgroup when prepared
 	target      *kill.Target
@@ -66,7 +67,7 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 	if err != nil {
 		return
 	}
-	p := &prepared{at: time.Now(), usage: usage, reclaimable: stat.Reclaimable, target: target}
+	p := &prepared{at: time.Now(), usage: usage, reclaimable: stat.Reclaimable, statText: stat.Text, target: target}
 	for _, k := range cands {
 		p.pids = append(p.pids, k.Pid)
 		if !slices.Contains(p.cgroups, k.Cgroup) {

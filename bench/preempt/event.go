@@ -1,0 +1,118 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/kmsg"
+	"github.com/oom-guard/oom-guard/internal/notify"
+	"github.com/oom-guard/oom-guard/internal/reconcile"
+	"github.com/oom-guard/oom-guard/internal/testenv"
+)
+
+// eventTimes records, per victim pid, when the kernel logged the kill and
+// when the event left the guard's pipeline, both on CLOCK_MONOTONIC (the
+// kernel log's clock).
+type eventTimes struct {
+	mu     sync.Mutex
+	killed map[int]time.Duration
+	left   map[int]time.Duration
+	events chan int
+}
+
+func monotonic() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
+}
+
+func (e *eventTimes) Send(ev event.Event) {
+	if ev.Reason != event.CgroupOOM || len(ev.Processes) == 0 {
+		return
+	}
+	now := monotonic()
+	e.mu.Lock()
+	e.left[ev.Processes[0].Pid] = now
+	e.mu.Unlock()
+	e.events <- ev.Processes[0].Pid
+}
+
+func (e *eventTimes) kernel(k kmsg.Kill) {
+	e.mu.Lock()
+	e.killed[k.Pid] = k.Monotonic
+	e.mu.Unlock()
+}
+
+// eventLatency lets the kernel OOM-kill a fast allocator n times under a
+// noop guard with the kernel log reader and the reconciler, as the binary
+// runs them, and reports the time from the kernel's kill (its log record)
+// to the event leaving the pipeline (p50, p99).
+func eventLatency(root *cgroup.FS, top string, n int) error {
+	base := top + "/events"
+	if err := root.Mkdir(base); err != nil {
+		return err
+	}
+	defer removeTree(root, base)
+	mem, err := cgroup.Open(root.Path(base, ""))
+	if err != nil {
+		return err
+	}
+	times := &eventTimes{killed: map[int]time.Duration{}, left: map[int]time.Duration{}, events: make(chan int, n)}
+	rec := reconcile.New(reconcile.Config{MemRoot: testenv.V1MemoryRoot, Scope: mem.FS().Root}, times)
+	defer rec.Stop()
+	reader, err := kmsg.Open(kmsg.Config{OnKill: func(k kmsg.Kill) { times.kernel(k); rec.Kernel(k) }})
+	if err != nil {
+		return err
+	}
+	go func() { _ = reader.Run() }()
+	defer reader.Close()
+	cfg := guard.DefaultConfig()
+	cfg.Policy = guard.PolicyNoop
+	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, rec, nil)
+	if err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- g.Run(stop) }()
+	defer func() { close(stop); <-done }()
+
+	var lat []time.Duration
+	for i := 0; i < n; i++ {
+		rel := fmt.Sprintf("%s/k%d", base, i)
+		who, err := oneRun(root, rel, 64<<20, 1, &collector{killed: map[int]bool{}})
+		if err != nil {
+			return err
+		}
+		if who != "kernel" {
+			return fmt.Errorf("run %d: the kernel did not kill the hog (%s)", i, who)
+		}
+		select {
+		case pid := <-times.events:
+			times.mu.Lock()
+			k, ok := times.killed[pid]
+			left := times.left[pid]
+			times.mu.Unlock()
+			if ok {
+				lat = append(lat, left-k)
+			}
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("run %d: no event for the kernel's kill within 5s", i)
+		}
+	}
+	fmt.Printf("\nKernel OOM kill to event (kernel log record of the kill to the reconciled event leaving the pipeline), %d kills, %d matched in the log:\n\n", n, len(lat))
+	fmt.Println("| p50 | p99 | max |")
+	fmt.Println("|---|---|---|")
+	fmt.Printf("| %v | %v | %v |\n", ms(pct(lat, 0.5)), ms(pct(lat, 0.99)), ms(pct(lat, 1)))
+	return nil
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond)) }
