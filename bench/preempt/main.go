@@ -44,12 +44,15 @@ func main() {
 	idleFor := flag.Duration("idle-for", 10*time.Second, "how long to measure the idle guard")
 	guardBin := flag.String("guard-bin", "", "oom-guard binary for the idle measurement (default: build it)")
 	eventRuns := flag.Int("event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
+	flag.IntVar(&rtPriority, "rt", guard.DefaultConfig().RealtimePriority, "SCHED_FIFO priority of the guard loop (0: normal scheduling)")
 	flag.Parse()
 	if err := run(*runs, ints(*limits), ints(*threads), *idle, *idleFor, *guardBin, *eventRuns); err != nil {
 		fmt.Fprintln(os.Stderr, "preempt:", err)
 		os.Exit(1)
 	}
 }
+
+var rtPriority int
 
 func ints(s string) []int {
 	var out []int
@@ -112,6 +115,7 @@ func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guard
 	col := &collector{killed: map[int]bool{}}
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyProcess
+	cfg.RealtimePriority = rtPriority
 	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, col, nil)
 	if err != nil {
 		return err
@@ -224,8 +228,8 @@ func pct(d []time.Duration, p float64) time.Duration {
 }
 
 func printTable(rows []row, cfg guard.Config) {
-	fmt.Printf("\nPreemption on cgroup v1 (%s), margins: ratio %.2f, min %d MiB, max %d MiB, policy process\n\n",
-		kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, cfg.MaxMargin>>20)
+	fmt.Printf("\nPreemption on cgroup v1 (%s), margins: ratio %.2f, min %d MiB, max %d MiB, policy process, loop SCHED_FIFO priority %d, load average %s\n\n",
+		kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, cfg.MaxMargin>>20, cfg.RealtimePriority, loadAvg())
 	fmt.Println("| limit | threads | runs | guard kills | kernel kills | preemption | reaction p50 | reaction p99 | reaction max |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -346,4 +350,12 @@ func removeTree(root *cgroup.FS, rel string) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(data))[:3], " ")
 }

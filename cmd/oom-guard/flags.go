@@ -73,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	criList := fs.String("cri-sockets", identity.DefaultContainerdSocket+","+identity.DefaultCRIOSocket, "CRI runtime sockets (comma-separated) for pod and container names and stops; empty asks none")
 	fs.BoolVar(&o.killContainerOnChildOOM, "kill-container-on-child-oom", false, "when the kernel OOM-kills a process that is not its container's init, kill the whole container so it is restarted")
 	runtimeMs := fs.Int("runtime-timeout-ms", 500, "longest wait for a container runtime's answer")
+	fs.IntVar(&o.guard.RealtimePriority, "rt-priority", def.RealtimePriority, "SCHED_FIFO priority of the guard's decision loop, so a busy node cannot delay it (0: normal scheduling)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

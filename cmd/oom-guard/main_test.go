@@ -94,6 +94,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{[]string{"--inotifyResetSeconds=-1"}, "inotifyResetSeconds"},
 		{[]string{"--guard-ms=-5"}, "guard-ms"},
 		{[]string{"--port=70000"}, "port"},
+		{[]string{"--rt-priority=100"}, "real-time priority"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "unexpected argument"},
 		{[]string{"--root=" + notCgroup}, "not a cgroup"},
@@ -325,6 +326,9 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	if n := fifoThreads(t, d.cmd.Process.Pid); n != 1 {
+		t.Errorf("%d threads under SCHED_FIFO, want the decision loop's alone (--rt-priority)", n)
+	}
 	if h := scrape(t, port, "/healthz"); strings.TrimSpace(h) != "ok" {
 		t.Errorf("/healthz says %q", h)
 	}
@@ -491,5 +495,28 @@ func itoa(i int) string { return strconv.Itoa(i) }
 
 func atoi(s string) int {
 	n, _ := strconv.Atoi(strings.TrimSpace(s))
+	return n
+}
+
+// fifoThreads counts the process's threads under SCHED_FIFO (policy, field
+// 41 of /proc/PID/task/TID/stat, is 1).
+func fifoThreads(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		const policyIndex = 41 - 3
+		if len(fields) > policyIndex && fields[policyIndex] == "1" {
+			n++
+		}
+	}
 	return n
 }

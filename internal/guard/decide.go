@@ -71,6 +71,9 @@ type Config struct {
 	PrepareAhead uint64
 	// PrepareMaxAge: an older preparation is done again at the crossing.
 	PrepareMaxAge time.Duration
+	// RealtimePriority runs the loop's thread under SCHED_FIFO at this
+	// priority (0: normal scheduling); see useRealtime.
+	RealtimePriority int
 }
 
 // DefaultConfig is the seed DaemonSet's configuration.
@@ -82,6 +85,7 @@ func DefaultConfig() Config {
 		ReclaimBudget: 100 * time.Millisecond,
 		WalkInterval:  277 * time.Second, InotifyReset: 701 * time.Second,
 		PrepareAhead: 16 << 20, PrepareMaxAge: time.Second,
+		RealtimePriority: 1,
 	}
 }
 
@@ -98,6 +102,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("guard, recheck and reclaim intervals must be positive")
 	case c.WalkInterval <= 0 || c.InotifyReset <= 0:
 		return fmt.Errorf("walk and inotify reset intervals must be positive")
+	}
+	if err := ValidRealtimePriority(c.RealtimePriority); err != nil {
+		return err
 	}
 	_, err := ParsePolicy(string(c.Policy))
 	return err

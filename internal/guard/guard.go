@@ -110,6 +110,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	// happen here, without a hand-off between threads on the hot path.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	defer useRealtime(g.cfg.RealtimePriority)()
 	defer g.done.Store(true)
 
 	var err error
