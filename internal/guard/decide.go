@@ -122,10 +122,11 @@ func (c Config) Threshold(limit uint64) uint64 {
 }
 
 // EarlyThreshold is where the guard prepares a kill (see PrepareAhead):
-// threshold - max(margin, PrepareAhead), never below half the limit.
+// threshold - max(margin, min(PrepareAhead, ReclaimableRatio x limit / 2)),
+// never below half the limit.
 func (c Config) EarlyThreshold(limit uint64) uint64 {
 	th := c.Threshold(limit)
-	ahead := max(limit-th, c.PrepareAhead)
+	ahead := max(limit-th, c.prepareAhead(limit))
 	return max(th-min(ahead, th), limit/2)
 }
 
@@ -180,4 +181,15 @@ func (c Config) Judge(limit, reclaimable uint64) Verdict {
 		return StandDown
 	}
 	return Act
+}
+
+// prepareAhead keeps the early threshold within half the stand-down amount
+// of the threshold: the page cache can then have grown by less than that
+// since the preparation, and a preparation that found little cache decides
+// the crossing without reading memory.stat again.
+func (c Config) prepareAhead(limit uint64) uint64 {
+	if c.ReclaimableRatio <= 0 {
+		return c.PrepareAhead
+	}
+	return min(c.PrepareAhead, uint64(c.ReclaimableRatio*float64(limit)/2))
 }

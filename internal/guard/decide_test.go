@@ -21,6 +21,22 @@ func TestThreshold(t *testing.T) {
 	}
 }
 
+func TestEarlyThreshold(t *testing.T) {
+	cfg := DefaultConfig()
+	const M = 1 << 20
+	for _, tc := range []struct{ limit, want uint64 }{
+		{64 * M, 64*M - 1342177 - 64*M/20},    // 5% of the limit ahead: half the stand-down amount
+		{1024 * M, 1024*M - 2*21474836},       // the margin (2%, 20.5M) exceeds 16M: one margin ahead
+		{256 * M, 256*M - 5368709 - 13421772}, // 5% of 256M is 12.8M, under 16M
+		{8 * M, 6 * M},                        // the min margin (1M) ahead
+		{2 * M, 1 * M},                        // never below half the limit
+	} {
+		if got := cfg.EarlyThreshold(tc.limit); got != tc.want {
+			t.Errorf("EarlyThreshold(%d) = %d, want %d", tc.limit, got, tc.want)
+		}
+	}
+}
+
 func TestAssessAndJudge(t *testing.T) {
 	cfg := DefaultConfig()
 	const M = 1 << 20
