@@ -1,9 +1,11 @@
 package guard_test
 
 import (
+	"maps"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -342,6 +344,7 @@ func TestOpenSoftLimitRestoredOnStop(t *testing.T) {
 	}
 	cfg := testConfig()
 	cfg.OpenSoftLimit = true
+	fdsBefore := openFds(t)
 	_, stop := runGuard(t, cg, cfg)
 	t.Cleanup(stop)
 	if got, _ := mem.SoftLimit(rel); got != cfg.Threshold(100<<20) {
@@ -350,5 +353,53 @@ func TestOpenSoftLimitRestoredOnStop(t *testing.T) {
 	stop()
 	if got, _ := mem.SoftLimit(rel); got != before {
 		t.Fatalf("soft limit %d after stop, want %d restored", got, before)
+	}
+	// Every eventfd closed (which unregisters it), the epoll set and
+	// inotify too: the guard leaves nothing behind in the kernel.
+	if after := openFds(t); !maps.Equal(after, fdsBefore) {
+		t.Fatalf("notification fds after stop %v, before %v", after, fdsBefore)
+	}
+}
+
+// openFds counts this process's eventfd, epoll and inotify fds.
+func openFds(t *testing.T) map[string]int {
+	t.Helper()
+	// Go's own poller keeps an epoll fd and an eventfd once first used:
+	// use it now so that it is counted on both sides.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	w.Close()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]int{}
+	for _, fd := range fds {
+		if target, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(target, "anon_inode:") {
+			n[target]++
+		}
+	}
+	return n
+}
+
+// The inotify watches rebuilt from scratch (--inotifyResetSeconds) still
+// see a cgroup created afterwards.
+func TestInotifyReset(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	cfg := testConfig()
+	cfg.InotifyReset = 100 * time.Millisecond
+	sink := startGuard(t, cg, cfg)
+	time.Sleep(350 * time.Millisecond) // three resets
+	rel := cg.Child(t, "after-reset", 64<<20)
+	time.Sleep(20 * time.Millisecond)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	ev := sink.wait(t, event.KillProcess, 10*time.Second)
+	exited(t, hog, 5*time.Second)
+	if ev.OOMCgroup != cg.Path("after-reset") {
+		t.Fatalf("event %+v", ev)
 	}
 }
