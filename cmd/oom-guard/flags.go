@@ -26,6 +26,7 @@ type options struct {
 	guard      guard.Config
 
 	kmsgPath     string   // the kernel log; "" reads none
+	kmsgFromBoot bool     // start at the oldest record, not at the end
 	dockerSocket string   // "" asks no Docker daemon
 	criSockets   []string // CRI runtimes to ask, in order
 	// killContainerOnChildOOM: when the kernel kills a process that is not
@@ -69,6 +70,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&reclaimMs, "reclaim-budget-ms", int(def.ReclaimBudget/time.Millisecond), "longest one reclaim request may take")
 	fs.StringVar(&o.guard.Hostname, "hostname", "", "node name in events; default: $NODE_NAME, else the host name")
 	fs.StringVar(&o.kmsgPath, "kmsg", "/dev/kmsg", "kernel log to read OOM reports from (enriches the cgroup counters, adds system OOMs); empty reads none")
+	fs.BoolVar(&o.kmsgFromBoot, "kmsg-from-boot", false, "also report the OOM kills still in the kernel's log buffer from before the guard started (a restarted guard reports them again)")
 	fs.StringVar(&o.dockerSocket, "docker-socket", identity.DefaultDockerSocket, "Docker Engine API socket for container names and stops; empty asks none")
 	criList := fs.String("cri-sockets", identity.DefaultContainerdSocket+","+identity.DefaultCRIOSocket, "CRI runtime sockets (comma-separated) for pod and container names and stops; empty asks none")
 	fs.BoolVar(&o.killContainerOnChildOOM, "kill-container-on-child-oom", false, "when the kernel OOM-kills a process that is not its container's init, kill the whole container so it is restarted")

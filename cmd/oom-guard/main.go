@@ -87,7 +87,7 @@ func serve(o *options, mem cgroup.Memory) error {
 			return fmt.Errorf("--port %d: %w", o.port, err)
 		}
 	}
-	stopKmsg := readKernelLog(o.kmsgPath, rec)
+	stopKmsg := readKernelLog(o.kmsgPath, o.kmsgFromBoot, rec)
 
 	stop := make(chan struct{})
 	sig := make(chan os.Signal, 1)
@@ -204,11 +204,11 @@ func childOOMAction(o *options, mem cgroup.Memory, killer kill.ViaRuntime) func(
 
 // readKernelLog follows the kernel log for OOM reports. Without it the
 // cgroup counters still report every kill in the guarded hierarchy.
-func readKernelLog(path string, rec *reconcile.Reconciler) (stop func()) {
+func readKernelLog(path string, fromBoot bool, rec *reconcile.Reconciler) (stop func()) {
 	if path == "" {
 		return func() {}
 	}
-	r, err := kmsg.Open(kmsg.Config{Path: path, OnKill: rec.Kernel, OnLoss: func(l kmsg.Loss) {
+	r, err := kmsg.Open(kmsg.Config{Path: path, FromBoot: fromBoot, OnKill: rec.Kernel, OnLoss: func(l kmsg.Loss) {
 		klog.Warningf("kernel log %s: %d record(s) lost (overrun %v): the cgroup counters still count every kill", path, l.Records, l.Overrun)
 	}})
 	if err != nil {

@@ -520,3 +520,51 @@ func fifoThreads(t *testing.T, pid int) int {
 	}
 	return n
 }
+
+// --kmsg-from-boot reports a kernel OOM kill that happened before the guard
+// started, from the kernel's log buffer; without it, the guard starts at
+// the log's end and reports nothing old.
+func TestKmsgFromBoot(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "before", 32<<20)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	if ws := waitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL || kernelOOMKills(t, rel) != 1 {
+		t.Fatalf("the kernel did not OOM-kill the hog: %v", ws)
+	}
+	for _, fromBoot := range []bool{false, true} {
+		hook := &received{ch: make(chan []byte, 10)}
+		srv := httptest.NewServer(hook)
+		d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, nil, "--policy=noop", "--webhook-url="+srv.URL+"/message",
+			"--docker-socket=", "--cri-sockets=", "--kmsg-from-boot="+strconv.FormatBool(fromBoot))
+		var got []byte
+		select {
+		case got = <-hook.ch:
+		case <-time.After(2 * time.Second):
+		}
+		d.stop(t)
+		srv.Close()
+		switch {
+		case fromBoot && got == nil:
+			t.Fatalf("--kmsg-from-boot: the earlier kill was not reported:\n%s", d.stderr.String())
+		case fromBoot:
+			checkKernelEvent(t, got, hog.Process.Pid, cg.Path("before"))
+		case got != nil:
+			t.Fatalf("without --kmsg-from-boot an old kill was reported: %s", got)
+		}
+	}
+}
+
+func checkKernelEvent(t *testing.T, body []byte, pid int, cgroup string) {
+	t.Helper()
+	var ev struct {
+		Reason, ProcCgroup string
+		Processes          []struct{ Pid int }
+	}
+	if err := json.Unmarshal(body, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Reason != "CgroupOOM" || ev.ProcCgroup != cgroup || len(ev.Processes) != 1 || ev.Processes[0].Pid != pid {
+		t.Fatalf("event %s, want CgroupOOM of pid %d in %s", body, pid, cgroup)
+	}
+}
