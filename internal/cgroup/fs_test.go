@@ -165,7 +165,10 @@ func TestReclaimIsBounded(t *testing.T) {
 		start := time.Now()
 		err := mem.Reclaim(rel, 0, budget)
 		took := time.Since(start)
-		if took > 500*time.Millisecond {
+		// The kernel sees the signal between reclaim passes; one pass
+		// waiting on writeback can take hundreds of milliseconds on a
+		// busy disk, but not the many seconds of an unbounded run.
+		if took > 3*time.Second {
 			t.Fatalf("reclaim with a %v budget took %v (%v)", budget, took, err)
 		}
 		if errors.Is(err, cgroup.ErrBudget) {

@@ -64,7 +64,7 @@ func (g *Guard) applyWalk(found map[string]uint64) {
 	for rel, limit := range found {
 		c, ok := g.known[rel]
 		if !ok {
-			g.add(rel, limit)
+			g.add(rel)
 			continue
 		}
 		if limit != c.limit {
@@ -79,30 +79,34 @@ func (g *Guard) applyWalk(found map[string]uint64) {
 }
 
 // add starts knowing a cgroup: inotify on its directory, its kernel OOM
-// count as the baseline, and a guard if it has a limit.
-func (g *Guard) add(rel string, limit uint64) *cg {
-	c := &cg{rel: rel, limit: limit}
+// count as the baseline, and a guard if it has a limit. The limit is read
+// after the watch is in place: a runtime creates a container's cgroup and
+// writes its limit a moment later, and a limit written between an earlier
+// read and the watch would go unseen until the next full walk.
+func (g *Guard) add(rel string) {
+	c := &cg{rel: rel, limit: cgroup.Unlimited}
 	g.known[rel] = c
 	g.watchDir(rel)
 	if n, err := g.mem.OOMKills(rel); err == nil {
 		c.oomKills = n
 	}
+	limit, err := g.mem.Limit(rel)
+	if err != nil {
+		if cgroup.IsNotExist(err) {
+			g.forget(c)
+		}
+		return
+	}
 	g.setLimit(c, limit)
-	return c
 }
 
 // addTree adds a new cgroup and whatever was created below it before its
 // inotify watch was in place.
 func (g *Guard) addTree(rel string) {
 	_ = g.mem.FS().Walk(rel, func(sub string) error {
-		if _, ok := g.known[sub]; ok {
-			return nil
+		if _, ok := g.known[sub]; !ok {
+			g.add(sub)
 		}
-		limit, err := g.mem.Limit(sub)
-		if err != nil {
-			return nil
-		}
-		g.add(sub, limit)
 		return nil
 	})
 }
