@@ -173,7 +173,9 @@ func (r *Reconciler) take(in input, now time.Time) {
 		return
 	}
 	k := in.kill
-	if !k.Global && !r.inScope(r.abs(k.TaskMemcg)) {
+	// A kill line whose summary the kernel rate-limited names no cgroup:
+	// it may still match a counter event by pid, so it waits like any.
+	if !k.Global && k.TaskMemcg != "" && !r.inScope(r.abs(k.TaskMemcg)) {
 		klog.V(3).Infof("kernel log: OOM kill of pid %d in %s, outside %s: not ours", k.Pid, k.TaskMemcg, r.cfg.Scope)
 		return
 	}
@@ -203,6 +205,12 @@ func (r *Reconciler) expire(now time.Time) {
 	for _, w := range r.waitingKills {
 		if now.Before(w.until) {
 			keepK = append(keepK, w)
+			continue
+		}
+		if k := w.kill; !k.Global && k.TaskMemcg == "" {
+			// No cgroup, no counter moved for it: a memcg kill outside
+			// the guarded sub-tree, or one the log cannot place.
+			klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in an unnamed cgroup, matched by no counter: not reported", k.Pid, k.Comm)
 			continue
 		}
 		r.out(r.fromKernel(*w.kill))

@@ -105,18 +105,24 @@ func TestBothSourcesOneEvent(t *testing.T) {
 		{"kernel first, victim known", k.Pid, true},
 		{"counter first, victim unknown", 0, false},
 		{"kernel first, victim unknown", 0, true},
+		{"summary rate-limited, kernel first", k.Pid, true},
+		{"summary rate-limited, counter first", k.Pid, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, out := newTest(t, Config{})
+			r, out := newTest(t, Config{Scope: memRoot + k.TaskMemcg})
+			logged := k
+			if strings.HasPrefix(tc.name, "summary rate-limited") {
+				logged.TaskMemcg, logged.OOMMemcg = "", ""
+			}
 			if tc.kernelFirst {
-				r.Kernel(k)
+				r.Kernel(logged)
 				r.Send(counterEvent(k, tc.pid))
 			} else {
 				r.Send(counterEvent(k, tc.pid))
 				time.Sleep(10 * time.Millisecond)
-				r.Kernel(k)
+				r.Kernel(logged)
 			}
-			ev := waitN(t, out, 1)[0]
+			ev := waitN(t, out, 1)[0] // merged: the kernel's anon-rss, not the counter's
 			p := ev.Processes[0]
 			if ev.Reason != event.CgroupOOM || p.Pid != k.Pid || p.Comm != k.Comm || p.AnonRSSKB != k.AnonRSSKB ||
 				ev.OOMCgroup != memRoot+k.OOMMemcg || ev.Killed != event.KilledField(ev.Processes) {
@@ -154,6 +160,13 @@ func TestOneSourceAlone(t *testing.T) {
 		if ev.Reason != event.SystemOOM || !strings.HasPrefix(ev.Message, "system OOM") {
 			t.Fatalf("%+v", ev)
 		}
+	})
+	t.Run("rate-limited summary: a kill line alone, no counter", func(t *testing.T) {
+		r, out := newTest(t, Config{Scope: memRoot + "/somewhere/else"})
+		bare := k
+		bare.TaskMemcg, bare.OOMMemcg = "", ""
+		r.Kernel(bare)
+		waitN(t, out, 0)
 	})
 	t.Run("memcg kill outside the guarded sub-tree", func(t *testing.T) {
 		r, out := newTest(t, Config{Scope: memRoot + "/somewhere/else"})
