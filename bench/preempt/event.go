@@ -2,8 +2,7 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
+	"io"
 	"sync"
 	"time"
 
@@ -12,9 +11,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
-	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/kmsg"
-	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/reconcile"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 )
@@ -56,18 +53,23 @@ func (e *eventTimes) kernel(k kmsg.Kill) {
 // noop guard with the kernel log reader and the reconciler, as the binary
 // runs them, and reports the time from the kernel's kill (its log record)
 // to the event leaving the pipeline (p50, p99).
-func eventLatency(root *cgroup.FS, top string, n int) error {
+func eventLatency(h hierarchy, top string, n int, out io.Writer) error {
 	base := top + "/events"
-	if err := root.Mkdir(base); err != nil {
+	if err := h.mkdir(base); err != nil {
 		return err
 	}
-	defer removeTree(root, base)
-	mem, err := cgroup.Open(root.Path(base, ""))
+	defer removeTree(h.mount, base)
+	mem, err := cgroup.Open(h.mount.Path(base, ""))
 	if err != nil {
 		return err
 	}
+	parts, err := h.parts(mem, "poll+events")
+	if err != nil {
+		return err
+	}
+	defer parts.close()
 	times := &eventTimes{killed: map[int]time.Duration{}, left: map[int]time.Duration{}, events: make(chan int, n)}
-	rec := reconcile.New(reconcile.Config{MemRoot: testenv.V1MemoryRoot, Scope: mem.FS().Root}, times)
+	rec := reconcile.New(reconcile.Config{MemRoot: h.mount.Root, Scope: mem.FS().Root}, times)
 	defer rec.Stop()
 	reader, err := kmsg.Open(kmsg.Config{OnKill: func(k kmsg.Kill) { times.kernel(k); rec.Kernel(k) }})
 	if err != nil {
@@ -77,7 +79,7 @@ func eventLatency(root *cgroup.FS, top string, n int) error {
 	defer reader.Close()
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyNoop
-	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, rec, nil)
+	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, rec, nil)
 	if err != nil {
 		return err
 	}
@@ -88,7 +90,7 @@ func eventLatency(root *cgroup.FS, top string, n int) error {
 
 	var lat []time.Duration
 	for i := 0; i < n; i++ {
-		d, err := kernelKillEvent(root, fmt.Sprintf("%s/k%d", base, i), times)
+		d, err := kernelKillEvent(h, fmt.Sprintf("%s/k%d", base, i), times)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i, err)
 		}
@@ -96,10 +98,10 @@ func eventLatency(root *cgroup.FS, top string, n int) error {
 			lat = append(lat, d)
 		}
 	}
-	fmt.Printf("\nKernel OOM kill to event (kernel log record of the kill to the reconciled event leaving the pipeline), %d kills, %d matched in the log:\n\n", n, len(lat))
-	fmt.Println("| p50 | p99 | max |")
-	fmt.Println("|---|---|---|")
-	fmt.Printf("| %v | %v | %v |\n", ms(pct(lat, 0.5)), ms(pct(lat, 0.99)), ms(pct(lat, 1)))
+	fmt.Fprintf(out, "\nKernel OOM kill to event on cgroup %s (kernel log record of the kill to the reconciled event leaving the pipeline), %d kills, %d matched in the log:\n\n", h.version, n, len(lat))
+	fmt.Fprintln(out, "| p50 | p99 | max |")
+	fmt.Fprintln(out, "|---|---|---|")
+	fmt.Fprintf(out, "| %v | %v | %v |\n", ms(pct(lat, 0.5)), ms(pct(lat, 0.99)), ms(pct(lat, 1)))
 	return nil
 }
 
@@ -110,17 +112,14 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float6
 // time it). The cgroup stays until the event is out: a cgroup removed at
 // once leaves its counters unread and the kill to the kernel log alone
 // (reported when the reconciler's window ends).
-func kernelKillEvent(root *cgroup.FS, rel string, times *eventTimes) (time.Duration, error) {
-	if err := root.Mkdir(rel); err != nil {
+func kernelKillEvent(h hierarchy, rel string, times *eventTimes) (time.Duration, error) {
+	if err := h.mkLimited(rel, 64<<20); err != nil {
 		return 0, err
 	}
-	defer removeTree(root, rel)
-	if err := root.WriteFile(rel, "memory.limit_in_bytes", strconv.Itoa(64<<20)); err != nil {
-		return 0, err
-	}
+	defer removeTree(h.mount, rel)
 	time.Sleep(20 * time.Millisecond) // inotify: let the guard arm the new cgroup
 	hog := testenv.HogCommand(testenv.HogSpec{})
-	if err := testenv.StartIn(root, rel, hog); err != nil {
+	if err := testenv.StartIn(h.mount, rel, hog); err != nil {
 		return 0, err
 	}
 	_ = hog.Wait()

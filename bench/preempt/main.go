@@ -1,22 +1,32 @@
 // Command preempt measures how often the guard beats the kernel's cgroup
-// OOM killer and how fast it reacts, on this machine's real kernel (cgroup
-// v1, as root). For each limit and number of allocating threads it runs a
-// process that allocates and touches memory as fast as it can in a fresh
-// cgroup, under a guard with the default margins and the process policy,
-// and counts who killed it: the guard (its event) or the kernel (the
-// cgroup's oom_kill counter). Reaction time is from the kernel's threshold
-// notification (epoll wake-up) to the SIGKILL. Then it measures the guard
-// binary's RSS and CPU with many idle guarded cgroups.
+// OOM killer and how fast it reacts, on real kernels: cgroup v1 on this
+// machine (as root), and cgroup v2 in the VM of internal/testenv/vm (the
+// same code, run there by the guest test TestBenchV2). For each limit and
+// number of allocating threads it runs a process that allocates and
+// touches memory as fast as it can in a fresh cgroup, under a guard with
+// the default margins and the process policy, and counts who killed it:
+// the guard (its event) or the kernel (the cgroup's oom_kill counter). On
+// v2 it does so for each crossing mechanism compared (see
+// internal/notify/memcg_v2.go). Reaction time is from the loop's wake-up
+// (v1: the kernel's threshold eventfd; v2: the sampler's timer or a
+// memory.events change) to the SIGKILL; overshoot is how far above the
+// threshold usage was when the guard looked. Then it measures the time from
+// a kernel OOM kill to its event, and the guard's idle cost with many
+// guarded cgroups.
 //
 //	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000]
+//	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events]
 //
-// Everything it creates lives under /sys/fs/cgroup/memory/oomguard-bench-PID
-// and is removed at the end; it kills only the processes it started.
+// Everything it creates lives under oomguard-bench-PID at the top of the
+// hierarchy and is removed at the end; it kills only the processes it
+// started.
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,29 +40,65 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
-	"github.com/oom-guard/oom-guard/internal/kill"
-	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/testenv"
+	"github.com/oom-guard/oom-guard/internal/testenv/vm"
 )
+
+// config is one hierarchy's benchmark; the v2 one travels to the VM as JSON.
+type config struct {
+	Runs       int
+	Limits     []int // MiB
+	Threads    []int
+	Mechanisms []string // v2 only; v1 has its eventfd
+	Idle       int      // idle guarded cgroups for the idle cost; 0 skips it
+	IdleFor    time.Duration
+	GuardBin   string // v1: the oom-guard binary for the idle cost ("" builds it)
+	EventRuns  int    // kernel OOM kills for the kill-to-event latency; 0 skips it
+}
+
+// envConfig carries the v2 config into the VM.
+const envConfig = "OOMGUARD_BENCH_CONFIG"
+
+// v2Table is the file the VM brings back with the v2 tables.
+const v2Table = "preempt-v2.md"
 
 func main() {
 	testenv.RunHogIfRequested()
-	runs := flag.Int("runs", 20, "runs per limit and thread count")
-	limits := flag.String("limits", "64,256,1024", "limits to test, MiB")
+	var v1, v2 config
+	runs := flag.Int("runs", 20, "v1: runs per limit and thread count")
+	limits := flag.String("limits", "64,256,1024", "v1: limits to test, MiB")
 	threads := flag.String("threads", "1,2", "allocating threads to test")
-	idle := flag.Int("idle", 1000, "idle guarded cgroups for the RSS/CPU measurement (0 skips it)")
-	idleFor := flag.Duration("idle-for", 10*time.Second, "how long to measure the idle guard")
-	guardBin := flag.String("guard-bin", "", "oom-guard binary for the idle measurement (default: build it)")
-	eventRuns := flag.Int("event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
-	flag.IntVar(&rtPriority, "rt", guard.DefaultConfig().RealtimePriority, "SCHED_FIFO priority of the guard loop (0: normal scheduling)")
+	flag.IntVar(&v1.Idle, "idle", 1000, "idle guarded cgroups for the RSS/CPU measurement (0 skips it)")
+	flag.DurationVar(&v1.IdleFor, "idle-for", 10*time.Second, "how long to measure the idle guard")
+	flag.StringVar(&v1.GuardBin, "guard-bin", "", "v1: oom-guard binary for the idle measurement (default: build it)")
+	flag.IntVar(&v1.EventRuns, "event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
+	doV1 := flag.Bool("v1", true, "run the cgroup v1 benchmark on this machine (root, v1 memory hierarchy)")
+	doV2 := flag.Bool("v2", true, "run the cgroup v2 benchmark in the VM (internal/testenv/vm; scripts/vm-kernel)")
+	v2Runs := flag.Int("v2-runs", 20, "v2: runs per mechanism, limit and thread count")
+	v2Limits := flag.String("v2-limits", "64,256", "v2: limits to test, MiB (the VM has 1 GiB)")
+	v2Mechs := flag.String("v2-mechanisms", "events,psi,poll,poll+events", "v2: crossing mechanisms to compare, the last being the guard's default")
+	v2Timeout := flag.Duration("v2-timeout", 40*time.Minute, "v2: bound on the whole VM run")
 	flag.Parse()
-	if err := run(*runs, ints(*limits), ints(*threads), *idle, *idleFor, *guardBin, *eventRuns); err != nil {
-		fmt.Fprintln(os.Stderr, "preempt:", err)
+	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
+	v2 = v1
+	v2.Runs, v2.Limits, v2.Mechanisms, v2.GuardBin = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), ""
+	failed := false
+	if *doV1 {
+		if err := run(v1Hierarchy, v1, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "preempt v1:", err)
+			failed = true
+		}
+	}
+	if *doV2 {
+		if err := runInVM(v2, *v2Timeout, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "preempt v2:", err)
+			failed = true
+		}
+	}
+	if failed {
 		os.Exit(1)
 	}
 }
-
-var rtPriority int
 
 func ints(s string) []int {
 	var out []int
@@ -64,11 +110,39 @@ func ints(s string) []int {
 	return out
 }
 
+// runInVM runs the v2 benchmark in the VM and copies its tables to out.
+func runInVM(c config, timeout time.Duration, out io.Writer) error {
+	js, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "booting the cgroup v2 VM for the v2 benchmark (emulated: slow)...\n")
+	res, err := vm.BootCommand("./bench/preempt", vm.Options{
+		Run: "^TestBenchV2$", Env: []string{envConfig + "=" + string(js)},
+		Timeout: timeout, MemoryMiB: 1024,
+	})
+	if res != nil {
+		if table, ok := res.Files[v2Table]; ok {
+			_, _ = out.Write(table)
+		}
+		for _, t := range res.Tests {
+			if t.Result != "pass" {
+				fmt.Fprintf(os.Stderr, "%s: %s\n%s", t.Name, t.Result, t.Output)
+				if err == nil {
+					err = fmt.Errorf("%s in the VM: %s", t.Name, t.Result)
+				}
+			}
+		}
+	}
+	return err
+}
+
 // collector is the guard's sink: it records each kill's victim pid.
 type collector struct {
-	mu     sync.Mutex
-	killed map[int]bool
-	react  []time.Duration
+	mu        sync.Mutex
+	killed    map[int]bool
+	react     []time.Duration
+	overshoot []uint64
 }
 
 func (c *collector) Send(ev event.Event) {
@@ -80,6 +154,7 @@ func (c *collector) Send(ev event.Event) {
 	for _, p := range ev.Processes {
 		c.killed[p.Pid] = true
 	}
+	c.overshoot = append(c.overshoot, ev.Usage-min(ev.Usage, ev.Threshold))
 }
 
 func (c *collector) observe(d time.Duration) {
@@ -88,56 +163,105 @@ func (c *collector) observe(d time.Duration) {
 	c.mu.Unlock()
 }
 
-type row struct {
-	limitMiB, threads, runs, guardKills, kernelKills, other int
-	react                                                   []time.Duration
+// reset starts a new row.
+func (c *collector) reset() {
+	c.mu.Lock()
+	c.react, c.overshoot = nil, nil
+	c.mu.Unlock()
 }
 
-func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guardBin string, eventRuns int) error {
+type row struct {
+	mechanism                                        string
+	limitMiB, threads, runs, guardKills, kernelKills int
+	other                                            int
+	react                                            []time.Duration
+	overshoot                                        []uint64
+}
+
+// run benchmarks hierarchy h on this machine's kernel and writes its
+// tables to out.
+func run(h hierarchy, c config, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root")
 	}
-	mem0, err := cgroup.Open(testenv.V1MemoryRoot)
-	if err != nil || mem0.Version() != cgroup.VersionV1 {
-		return fmt.Errorf("needs the cgroup v1 memory hierarchy at %s: %v", testenv.V1MemoryRoot, err)
+	if err := h.check(); err != nil {
+		return fmt.Errorf("needs the cgroup %s memory hierarchy at %s: %v", h.version, h.mount.Root, err)
 	}
 	top := fmt.Sprintf("/oomguard-bench-%d", os.Getpid())
-	root := &cgroup.FS{Root: testenv.V1MemoryRoot}
-	if err := root.Mkdir(top); err != nil {
+	if err := h.mkdir(top); err != nil {
 		return err
 	}
-	defer removeTree(root, top)
-
-	mem, err := cgroup.Open(root.Path(top, ""))
-	if err != nil {
-		return err
+	defer removeTree(h.mount, top)
+	mechs := c.Mechanisms
+	if h.version == "v1" || len(mechs) == 0 {
+		mechs = []string{"eventfd"}
 	}
-	col := &collector{killed: map[int]bool{}}
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyProcess
-	cfg.RealtimePriority = rtPriority
-	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, col, nil)
+	var rows []row
+	var floor string
+	for _, mech := range mechs {
+		base := fmt.Sprintf("%s/mechanism-%s", top, strings.ReplaceAll(mech, "+", "-"))
+		if err := h.mkdir(base); err != nil {
+			return err
+		}
+		mr, f, err := runMechanism(h, base, mech, cfg, c)
+		if err != nil {
+			return err
+		}
+		rows, floor = append(rows, mr...), f
+	}
+	printTable(out, h, rows, cfg, floor)
+	if c.EventRuns > 0 {
+		if err := eventLatency(h, top, c.EventRuns, out); err != nil {
+			return err
+		}
+	}
+	if c.Idle > 0 {
+		if h.version == "v1" {
+			return idleCost(h.mount, top, c.Idle, c.IdleFor, c.GuardBin, out)
+		}
+		return idleCostInProcess(h, top, c.Idle, c.IdleFor, out)
+	}
+	return nil
+}
+
+// runMechanism runs every limit and thread count under one guard with
+// mechanism mech, in cgroups below base.
+func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([]row, string, error) {
+	mem, err := cgroup.Open(h.mount.Path(base, ""))
 	if err != nil {
-		return err
+		return nil, "", err
+	}
+	parts, err := h.parts(mem, mech)
+	if err != nil {
+		return nil, "", err
+	}
+	defer parts.close()
+	floor := ""
+	if g, ok := parts.notifier.(interface{ GrowthFloor() float64 }); ok {
+		floor = fmt.Sprintf(", assumed growth at least %.0f MiB/s (measured)", g.GrowthFloor()/(1<<20))
+	}
+	col := &collector{killed: map[int]bool{}}
+	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, col, nil)
+	if err != nil {
+		return nil, "", err
 	}
 	g.Observe = col.observe
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	go func() { done <- g.Run(stop) }()
-
 	var rows []row
-	for _, lim := range limits {
-		for _, th := range threads {
-			r := row{limitMiB: lim, threads: th, runs: runs}
-			col.mu.Lock()
-			col.react = nil
-			col.mu.Unlock()
-			for i := 0; i < runs; i++ {
-				who, err := oneRun(root, fmt.Sprintf("%s/l%d-t%d-r%d", top, lim, th, i), uint64(lim)<<20, th, col)
+	for _, lim := range c.Limits {
+		for _, th := range c.Threads {
+			r := row{mechanism: mech, limitMiB: lim, threads: th, runs: c.Runs}
+			col.reset()
+			for i := 0; i < c.Runs; i++ {
+				who, err := oneRun(h, fmt.Sprintf("%s/l%d-t%d-r%d", base, lim, th, i), uint64(lim)<<20, th, col)
 				if err != nil {
 					close(stop)
 					<-done
-					return err
+					return nil, "", err
 				}
 				switch who {
 				case "guard":
@@ -150,39 +274,25 @@ func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guard
 			}
 			col.mu.Lock()
 			r.react = append([]time.Duration(nil), col.react...)
+			r.overshoot = append([]uint64(nil), col.overshoot...)
 			col.mu.Unlock()
 			rows = append(rows, r)
-			fmt.Fprintf(os.Stderr, "limit %d MiB, %d thread(s): guard %d, kernel %d\n", lim, th, r.guardKills, r.kernelKills)
+			fmt.Fprintf(os.Stderr, "%s %s: limit %d MiB, %d thread(s): guard %d, kernel %d\n", h.version, mech, lim, th, r.guardKills, r.kernelKills)
 		}
 	}
 	close(stop)
-	if err := <-done; err != nil {
-		return err
-	}
-	printTable(rows, cfg)
-	if eventRuns > 0 {
-		if err := eventLatency(root, top, eventRuns); err != nil {
-			return err
-		}
-	}
-	if idle > 0 {
-		return idleCost(root, top, idle, idleFor, guardBin)
-	}
-	return nil
+	return rows, floor, <-done
 }
 
 // oneRun starts one hog in a new cgroup and says who killed it.
-func oneRun(root *cgroup.FS, rel string, limit uint64, threads int, col *collector) (string, error) {
-	if err := root.Mkdir(rel); err != nil {
+func oneRun(h hierarchy, rel string, limit uint64, threads int, col *collector) (string, error) {
+	if err := h.mkLimited(rel, limit); err != nil {
 		return "", err
 	}
-	defer removeTree(root, rel)
-	if err := root.WriteFile(rel, "memory.limit_in_bytes", strconv.FormatUint(limit, 10)); err != nil {
-		return "", err
-	}
+	defer removeTree(h.mount, rel)
 	time.Sleep(20 * time.Millisecond) // inotify: let the guard arm the new cgroup
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0, Threads: threads})
-	if err := testenv.StartIn(root, rel, hog); err != nil {
+	if err := testenv.StartIn(h.mount, rel, hog); err != nil {
 		return "", err
 	}
 	errc := make(chan error, 1)
@@ -195,20 +305,15 @@ func oneRun(root *cgroup.FS, rel string, limit uint64, threads int, col *collect
 		return "", fmt.Errorf("hog in %s not killed within 60s", rel)
 	}
 	time.Sleep(5 * time.Millisecond)
-	oc, err := root.ReadFile(rel, "memory.oom_control")
+	kills, err := h.kernelKills(rel)
 	if err != nil {
 		return "", err
 	}
-	counters, err := cgroup.ParseFlatKeyed(strings.NewReader(string(oc)))
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", root.Path(rel, "memory.oom_control"), err)
-	}
-	kernel := counters["oom_kill"] > 0
 	col.mu.Lock()
 	byGuard := col.killed[hog.Process.Pid]
 	col.mu.Unlock()
 	switch {
-	case kernel:
+	case kills > 0:
 		return "kernel", nil
 	case byGuard:
 		return "guard", nil
@@ -227,21 +332,33 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return s[i]
 }
 
-func printTable(rows []row, cfg guard.Config) {
-	fmt.Printf("\nPreemption on cgroup v1 (%s), margins: ratio %.2f, min %d MiB, max %d MiB, policy process, loop SCHED_FIFO priority %d, load average %s\n\n",
-		kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, cfg.MaxMargin>>20, cfg.RealtimePriority, loadAvg())
-	fmt.Println("| limit | threads | runs | guard kills | kernel kills | preemption | reaction p50 | reaction p99 | reaction max |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+func printTable(out io.Writer, h hierarchy, rows []row, cfg guard.Config, floor string) {
+	fmt.Fprintf(out, "\nPreemption on cgroup %s (%s), margins: ratio %.2f, min %d MiB, max %d MiB, policy process%s\n\n",
+		h.version, kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, cfg.MaxMargin>>20, floor)
+	fmt.Fprintln(out, "| mechanism | limit | threads | runs | guard kills | kernel kills | preemption | reaction p50 | reaction p99 | reaction max | overshoot p50 | overshoot max |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		total := r.guardKills + r.kernelKills
 		rate := 0.0
 		if total > 0 {
 			rate = 100 * float64(r.guardKills) / float64(total)
 		}
-		fmt.Printf("| %d MiB | %d | %d | %d | %d | %.0f%% | %v | %v | %v |\n", r.limitMiB, r.threads, r.runs,
-			r.guardKills, r.kernelKills, rate, us(pct(r.react, 0.5)), us(pct(r.react, 0.99)), us(pct(r.react, 1)))
+		fmt.Fprintf(out, "| %s | %d MiB | %d | %d | %d | %d | %.0f%% | %v | %v | %v | %s | %s |\n", r.mechanism, r.limitMiB, r.threads, r.runs,
+			r.guardKills, r.kernelKills, rate, us(pct(r.react, 0.5)), us(pct(r.react, 0.99)), us(pct(r.react, 1)),
+			kib(pctU(r.overshoot, 0.5)), kib(pctU(r.overshoot, 1)))
 	}
 }
+
+func pctU(v []uint64, p float64) uint64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]uint64(nil), v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(p*float64(len(s)-1))]
+}
+
+func kib(b uint64) string { return fmt.Sprintf("%d KiB", b>>10) }
 
 func us(d time.Duration) string { return fmt.Sprintf("%dus", d.Microseconds()) }
 
@@ -262,7 +379,7 @@ func kernelRelease() string {
 
 // idleCost runs the real oom-guard binary over n idle limited cgroups and
 // reports its resident memory and CPU use.
-func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string) error {
+func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string, out io.Writer) error {
 	base := top + "/idle"
 	if err := root.Mkdir(base); err != nil {
 		return err
@@ -304,7 +421,7 @@ func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string)
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
 	const hz = 100 // USER_HZ
 	cpuPct := float64(cpu1-cpu0) / hz / dur.Seconds() * 100
-	fmt.Printf("\nIdle cost of the oom-guard binary over %d guarded cgroups (%v): RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
+	fmt.Fprintf(out, "\nIdle cost of the oom-guard binary over %d guarded cgroups (%v): RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
 		n, dur, float64(rss)/1024, cpuPct, len(fds))
 	return nil
 }
@@ -358,4 +475,60 @@ func loadAvg() string {
 		return "?"
 	}
 	return strings.Join(strings.Fields(string(data))[:3], " ")
+}
+
+// idleCostInProcess guards n idle limited cgroups with the default v2
+// mechanism in this process (the VM has no Go toolchain to build the
+// binary with) and reports the CPU this process used and the samples of
+// memory.current it took.
+func idleCostInProcess(h hierarchy, top string, n int, dur time.Duration, out io.Writer) error {
+	base := top + "/idle"
+	if err := h.mkdir(base); err != nil {
+		return err
+	}
+	defer removeTree(h.mount, base)
+	for i := 0; i < n; i++ {
+		if err := h.mkLimited(fmt.Sprintf("%s/c%d", base, i), 256<<20); err != nil {
+			return err
+		}
+	}
+	mem, err := cgroup.Open(h.mount.Path(base, ""))
+	if err != nil {
+		return err
+	}
+	parts, err := h.parts(mem, "poll+events")
+	if err != nil {
+		return err
+	}
+	defer parts.close()
+	cfg := guard.DefaultConfig()
+	cfg.Policy = guard.PolicyNoop
+	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, &collector{killed: map[int]bool{}}, nil)
+	if err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- g.Run(stop) }()
+	time.Sleep(2 * time.Second) // first walk and registration
+	cpu0, samples0 := selfCPU(), parts.samples()
+	time.Sleep(dur)
+	cpu1, samples1 := selfCPU(), parts.samples()
+	fds, _ := os.ReadDir("/proc/self/fd")
+	close(stop)
+	if err := <-done; err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nIdle cost of the guard over %d guarded cgroups at rest, 256 MiB limits (%v, in-process): CPU %.3f%%, %.0f samples of memory.current a second, %d open fds\n",
+		n, dur, float64(cpu1-cpu0)/float64(dur)*100, float64(samples1-samples0)/dur.Seconds(), len(fds))
+	return nil
+}
+
+// selfCPU is the CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

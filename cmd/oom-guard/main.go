@@ -124,8 +124,19 @@ func kernelParts(mem cgroup.Memory, stoppers []identity.Stopper, timeout time.Du
 		}
 		k := kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}
 		return notify.V1Notifier{FS: mem.FS()}, kill.ViaRuntime{Killer: k, Stoppers: stoppers, Timeout: timeout}, nil
+	case cgroup.VersionV2:
+		// v2 has no usage thresholds: the notifier samples memory.current
+		// on a schedule fitted to how fast this machine can fill memory
+		// (measured now), and reacts to memory.events at once.
+		n, err := notify.NewV2Notifier(mem.FS(), notify.DefaultV2Options())
+		if err != nil {
+			return nil, kill.ViaRuntime{}, fmt.Errorf("cgroup v2 on %s: %w", mem.FS().Root, err)
+		}
+		klog.Infof("cgroup v2 on %s: sampling usage for an assumed growth of at least %.0f MiB/s", mem.FS().Root, n.GrowthFloor()/(1<<20))
+		k := kill.Killer{Mem: mem.FS(), Unified: true, Self: os.Getpid()}
+		return n, kill.ViaRuntime{Killer: k, Stoppers: stoppers, Timeout: timeout}, nil
 	default:
-		return nil, kill.ViaRuntime{}, fmt.Errorf("cgroup %s on %s is not supported yet", mem.Version(), mem.FS().Root)
+		return nil, kill.ViaRuntime{}, fmt.Errorf("cgroup %s on %s is not supported", mem.Version(), mem.FS().Root)
 	}
 }
 

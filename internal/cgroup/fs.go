@@ -117,6 +117,13 @@ func (fs *FS) Open(rel, file string) (*os.File, error) {
 	return fs.open(rel, file, unix.O_RDONLY)
 }
 
+// OpenFile opens a cgroup file with the given open(2) flags (O_CLOEXEC is
+// added), for a file kept open: a PSI trigger on memory.pressure is
+// written once and lives as long as its descriptor.
+func (fs *FS) OpenFile(rel, file string, flags int) (*os.File, error) {
+	return fs.open(rel, file, flags)
+}
+
 // ReadFile reads a whole cgroup file.
 func (fs *FS) ReadFile(rel, file string) ([]byte, error) {
 	f, err := fs.Open(rel, file)

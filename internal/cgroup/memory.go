@@ -40,8 +40,14 @@ type Memory interface {
 	Limit(rel string) (uint64, error)
 	Usage(rel string) (uint64, error)
 	Stat(rel string) (Stat, error)
-	// OOMKills is the kernel's cumulative count of OOM kills charged to the cgroup.
+	// OOMKills is the kernel's cumulative count of OOM kills of the
+	// cgroup's own processes (not its descendants'), whichever limit was
+	// hit: summed over a sub-tree, each kill counts once.
 	OOMKills(rel string) (uint64, error)
+	// OOMGroup tells whether the kernel's OOM killer kills the cgroup
+	// whole (v2 memory.oom.group, set by the kubelet on containers since
+	// 1.28); always false on v1, which has no such setting.
+	OOMGroup(rel string) (bool, error)
 	// Reclaim asks the kernel to reclaim up to bytes from the cgroup and
 	// gives up after budget (ErrBudget): reclaim can take as long as the
 	// kernel finds pages to drop.
@@ -149,6 +155,9 @@ func (m *V1) OOMKills(rel string) (uint64, error) {
 	return c["oom_kill"], err
 }
 
+// OOMGroup is false: v1 has no memory.oom.group.
+func (m *V1) OOMGroup(string) (bool, error) { return false, nil }
+
 // OOMControl parses memory.oom_control.
 func (m *V1) OOMControl(rel string) (map[string]uint64, error) {
 	f, err := m.fs.Open(rel, "memory.oom_control")
@@ -205,15 +214,68 @@ func (m *V2) Stat(rel string) (Stat, error) {
 	return readStat(m.fs, rel, "inactive_file", "active_file")
 }
 
-// OOMKills reads oom_kill from memory.events, which is hierarchical.
+// OOMKills reads oom_kill from memory.events.local (5.2+): the kills of
+// the cgroup's own processes, as v1 counts them. memory.events counts a
+// kill in every ancestor of the victim too, so summing it over a sub-tree
+// would count one kill once per level. On a kernel without the .local file
+// the cgroup's own count is its hierarchical count less its children's.
 func (m *V2) OOMKills(rel string) (uint64, error) {
-	e, err := m.Events(rel)
-	return e["oom_kill"], err
+	e, err := m.LocalEvents(rel)
+	if err == nil {
+		return e["oom_kill"], nil
+	}
+	if !errors.Is(err, os.ErrNotExist) || !m.fs.Exists(rel) {
+		return 0, err
+	}
+	return m.ownKillsFromHierarchical(rel)
 }
 
-// Events parses memory.events.
+func (m *V2) ownKillsFromHierarchical(rel string) (uint64, error) {
+	e, err := m.Events(rel)
+	if err != nil {
+		return 0, err
+	}
+	own := e["oom_kill"]
+	kids, err := m.fs.Children(rel)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range kids {
+		ke, err := m.Events(k)
+		if err != nil {
+			if IsNotExist(err) {
+				continue
+			}
+			return 0, err
+		}
+		own -= min(own, ke["oom_kill"])
+	}
+	return own, nil
+}
+
+// OOMGroup reads memory.oom.group (4.19+); a kernel without it never
+// kills a group.
+func (m *V2) OOMGroup(rel string) (bool, error) {
+	v, err := m.fs.ReadUint(rel, "memory.oom.group")
+	if errors.Is(err, os.ErrNotExist) && m.fs.Exists(rel) {
+		return false, nil
+	}
+	return v == 1, err
+}
+
+// Events parses memory.events: hierarchical counters (a descendant's
+// events count in every ancestor).
 func (m *V2) Events(rel string) (map[string]uint64, error) {
-	f, err := m.fs.Open(rel, "memory.events")
+	return m.flatKeyed(rel, "memory.events")
+}
+
+// LocalEvents parses memory.events.local (5.2+): the cgroup's own events.
+func (m *V2) LocalEvents(rel string) (map[string]uint64, error) {
+	return m.flatKeyed(rel, "memory.events.local")
+}
+
+func (m *V2) flatKeyed(rel, file string) (map[string]uint64, error) {
+	f, err := m.fs.Open(rel, file)
 	if err != nil {
 		return nil, err
 	}

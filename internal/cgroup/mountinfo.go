@@ -77,10 +77,15 @@ func DefaultMemoryRoot() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return defaultMemoryRoot(mounts)
+	return defaultMemoryRoot(mounts, func(point string) ([]byte, error) {
+		return os.ReadFile(filepath.Join(point, "cgroup.controllers"))
+	})
 }
 
-func defaultMemoryRoot(mounts []Mount) (string, error) {
+// defaultMemoryRoot picks the v1 memory mount (v1 and hybrid hosts), else
+// the cgroup2 mount whose cgroup.controllers (read by controllers) lists
+// memory (unified hosts; a hybrid host's cgroup2 mount has none).
+func defaultMemoryRoot(mounts []Mount, controllers func(point string) ([]byte, error)) (string, error) {
 	for _, m := range mounts {
 		if m.FSType == "cgroup" && m.hasOption("memory") {
 			return m.Point, nil
@@ -88,7 +93,7 @@ func defaultMemoryRoot(mounts []Mount) (string, error) {
 	}
 	for _, m := range mounts {
 		if m.FSType == "cgroup2" {
-			if data, err := os.ReadFile(filepath.Join(m.Point, "cgroup.controllers")); err == nil && hasWord(string(data), "memory") {
+			if data, err := controllers(m.Point); err == nil && hasWord(string(data), "memory") {
 				return m.Point, nil
 			}
 		}

@@ -40,7 +40,7 @@ var updateV2 = flag.Bool("update-v2", false, "rewrite testdata/v2 with the files
 var v2Recorded = []string{
 	"cgroup.controllers", "cgroup.stat", "memory.current", "memory.events",
 	"memory.events.local", "memory.max", "memory.pressure", "memory.stat",
-	"proc-pid-cgroup", "kmsg-memcg-oom.txt",
+	"proc-pid-cgroup", "kmsg-memcg-oom.txt", "mountinfo-unified",
 }
 
 // TestCgroupV2InVM runs the TestV2* tests in a VM with a real cgroup v2
@@ -85,6 +85,7 @@ Where each comes from:
                        a 32 MiB cgroup right after the kernel OOM-killed the
                        process allocating in it (a sleeping one survived)
   proc-pid-cgroup      /proc/PID/cgroup of that sleeping process
+  mountinfo-unified    /proc/self/mountinfo in the VM: a unified host
   kmsg-memcg-oom.txt   /dev/kmsg records of that OOM kill, as read(2) returns
                        them ("PRIO,SEQ,USEC,FLAGS;TEXT", non-printable bytes
                        escaped as \xNN by the kernel)
@@ -246,6 +247,11 @@ func TestV2Open(t *testing.T) {
 	recordFile(t, "cgroup.controllers", v2Root+"/cgroup.controllers")
 	recordFile(t, "cgroup.stat", v2Root+"/cgroup.stat")
 	recordFile(t, "proc-version", "/proc/version")
+	recordFile(t, "mountinfo-unified", "/proc/self/mountinfo")
+	// On a unified host --root defaults to the cgroup2 mount.
+	if root, err := cgroup.DefaultMemoryRoot(); err != nil || root != v2Root {
+		t.Errorf("DefaultMemoryRoot() = %q, %v; want %s", root, err, v2Root)
+	}
 }
 
 // Limit, usage, stat, soft limit (memory.high) and reclaim
@@ -343,7 +349,8 @@ func TestV2Files(t *testing.T) {
 
 // A real memory.max OOM kill: the victim dies of SIGKILL, memory.events
 // counts it (in the cgroup and, hierarchically, in its parent, but not in
-// the parent's memory.events.local), V2.OOMKills reports it, and the kernel
+// the parent's memory.events.local), V2.OOMKills reports it in the
+// victim's cgroup only, and the kernel
 // logs its report on /dev/kmsg.
 func TestV2OOMKill(t *testing.T) {
 	m := openV2(t)
@@ -386,8 +393,16 @@ func TestV2OOMKill(t *testing.T) {
 	if ev["oom"] < 1 || ev["max"] < 1 {
 		t.Errorf("memory.events %v: want oom and max counted", ev)
 	}
-	if n, err := m.OOMKills(parent); err != nil || n != 1 {
-		t.Errorf("parent's OOMKills %d, %v; want 1 (memory.events is hierarchical)", n, err)
+	// OOMKills counts the cgroup's own kills, as v1 does: the parent's
+	// memory.events counts the kill (hierarchical), its OOMKills not.
+	if n, err := m.OOMKills(parent); err != nil || n != 0 {
+		t.Errorf("parent's OOMKills %d, %v; want 0 (the kill was its child's)", n, err)
+	}
+	if pe, err := m.Events(parent); err != nil || pe["oom_kill"] != 1 {
+		t.Errorf("parent's memory.events %v, %v; want oom_kill 1 (hierarchical)", pe, err)
+	}
+	if g, err := m.OOMGroup(rel); err != nil || g {
+		t.Errorf("OOMGroup %v, %v; want false (the default)", g, err)
 	}
 	if local := readFlat(t, fs, parent, "memory.events.local"); local["oom_kill"] != 0 {
 		t.Errorf("parent's memory.events.local %v: want oom_kill 0", local)

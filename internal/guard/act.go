@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -307,7 +308,14 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
 // act applies the policy to the chosen victim (the process the kernel
 // would choose). The victim is signalled first, through its pidfd: that
 // stops the growth at once; for the container policy its cgroup's other
-// processes follow (frozen, killed, thawed). Reporting comes after.
+// processes follow (frozen, killed, thawed; v2: cgroup.kill). Reporting
+// comes after.
+//
+// memory.oom.group (v2; the kubelet sets it on every container since
+// 1.28) says the workload must not outlive a partial OOM kill: the kernel
+// would kill the whole group, whichever process it chose. So the process
+// policy kills the whole group too, and the container policy kills the
+// group where it is larger than the container; the event says so.
 func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified time.Time, statBefore string) {
 	ev := event.Event{
 		Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(victim.Cgroup),
@@ -316,6 +324,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	killed := []kill.Candidate{victim.Candidate}
 	var sent time.Time
 	var err error
+	var note string
 	switch g.cfg.Policy {
 	case PolicyNoop:
 		victim.Close()
@@ -324,22 +333,27 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		}
 		c.noopShown = true
 		ev.Reason = event.WouldKill
+		if group := g.oomGroup(c, victim.Cgroup); group != "" {
+			note = fmt.Sprintf("; memory.oom.group is set on %s: the kernel will kill all of it", g.absPath(group))
+		}
 	case PolicyProcess:
 		sent, err = victim.Kill()
 		ev.Reason = event.KillProcess
+		if group := g.oomGroup(c, victim.Cgroup); err == nil && group != "" {
+			ev.Reason = event.KillContainer
+			killed = g.killRest(c, victim, group, killed, g.killer.KillGroup)
+			note = fmt.Sprintf("; memory.oom.group is set on %s: the kernel would kill all of it, not one process, so the process policy did too", g.absPath(group))
+		}
 	case PolicyContainer:
 		sent, err = victim.Kill()
 		ev.Reason = event.KillContainer
 		if err == nil {
-			rest, _, cerr := g.killer.KillContainer(victim.Cgroup)
-			if cerr != nil && !errors.Is(cerr, kill.ErrNoVictim) {
-				klog.Warningf("cgroup %s: kill the rest of container %s: %v", c.rel, victim.Cgroup, cerr)
+			target := victim.Cgroup
+			if group := g.oomGroup(c, victim.Cgroup); group != "" && group != target {
+				target = group
+				note = fmt.Sprintf("; memory.oom.group is set on %s, above the container: all of it killed, as the kernel would", g.absPath(group))
 			}
-			for _, k := range rest {
-				if k.Pid != victim.Pid {
-					killed = append(killed, k)
-				}
-			}
+			killed = g.killRest(c, victim, target, killed, g.killer.KillContainer)
 		}
 	}
 	c.lastAction = time.Now()
@@ -361,10 +375,42 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	if stat, err := c.files.Stat(); err == nil {
 		ev.Stats = stat.Text
 	}
-	g.report(ev, killed, reaction)
+	g.report(ev, killed, reaction, note)
 }
 
-func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Duration) {
+// killRest kills the rest of cgroup rel after its victim, with killAll, and
+// adds whom it killed to killed.
+func (g *Guard) killRest(c *cg, victim *kill.Target, rel string, killed []kill.Candidate,
+	killAll func(string) ([]kill.Candidate, time.Time, error)) []kill.Candidate {
+	rest, _, err := killAll(rel)
+	if err != nil && !errors.Is(err, kill.ErrNoVictim) {
+		klog.Warningf("cgroup %s: kill the rest of %s: %v", c.rel, rel, err)
+	}
+	for _, k := range rest {
+		if k.Pid != victim.Pid {
+			killed = append(killed, k)
+		}
+	}
+	return killed
+}
+
+// oomGroup is the cgroup the kernel would kill whole for a victim in
+// cgroup victim when c's limit is hit: the highest one with
+// memory.oom.group set from the victim's up to c (mem_cgroup_get_oom_group
+// in the kernel); "" if none.
+func (g *Guard) oomGroup(c *cg, victim string) string {
+	group := ""
+	for rel := victim; ; rel = path.Dir(rel) {
+		if on, err := g.mem.OOMGroup(rel); err == nil && on {
+			group = rel
+		}
+		if rel == c.rel || rel == "/" || !isUnder(rel, c.rel) {
+			return group
+		}
+	}
+}
+
+func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Duration, note string) {
 	ev.Timestamp = time.Now()
 	ev.Processes = processes(g, killed)
 	ev.Killed = event.KilledField(ev.Processes)
@@ -374,6 +420,7 @@ func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Du
 	if reaction > 0 {
 		ev.Message += fmt.Sprintf(", %v after the kernel's notification", reaction.Round(time.Microsecond))
 	}
+	ev.Message += note
 	g.sink.Send(ev)
 }
 
@@ -415,6 +462,17 @@ func (g *Guard) countKernelKills(c *cg) {
 		}
 		delta := n - d.oomKills
 		victims := g.goneFrom(c, rel)
+		if g.oomGroup(c, rel) != "" {
+			// A memory.oom.group kill: the kernel counts it once per
+			// thread it signals, not per process, and goes on counting
+			// after the victim. So wait for the last check and report
+			// one kill per process seen there and gone.
+			if !lastCheck {
+				waiting = true
+				continue
+			}
+			delta = max(uint64(len(victims)), 1)
+		}
 		if uint64(len(victims)) < delta && !lastCheck {
 			waiting = true // a victim still dying: name it at the next check
 			continue

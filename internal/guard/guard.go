@@ -62,6 +62,7 @@ type Guard struct {
 	self     int
 
 	poller  *notify.Poller
+	sampler notify.Sampler // the notifier's, served by the loop; nil if none
 	inotify *notify.Inotify
 	known   map[string]*cg
 	byFd    map[int]*cg
@@ -118,6 +119,13 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		return err
 	}
 	defer g.poller.Close()
+	if s := g.notifier.Sampler(); s != nil {
+		if err := g.poller.Add(s.Fd()); err != nil {
+			return err
+		}
+		g.sampler = s
+		defer func() { _ = g.poller.Remove(s.Fd()); g.sampler = nil }()
+	}
 	if err := g.resetInotify(); err != nil {
 		return err
 	}
@@ -170,6 +178,13 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 func (g *Guard) dispatch(fd int, notified time.Time) {
 	if g.inotify != nil && fd == g.inotify.Fd() {
 		g.onInotify()
+		return
+	}
+	if g.sampler != nil && fd == g.sampler.Fd() {
+		// The watches that fired are handled now, timed from this wake-up.
+		for _, w := range g.sampler.Sample() {
+			g.dispatch(w, notified)
+		}
 		return
 	}
 	c, ok := g.byFd[fd]

@@ -9,12 +9,16 @@ import (
 )
 
 // Notifier registers the kernel notifications for one cgroup (v1: memcg
-// eventfds). Watches are closed by the guard loop, the only one waiting on them.
+// eventfds; v2: eventfds its sampler writes). Watches are closed by the
+// guard loop, the only one waiting on them.
 type Notifier interface {
-	// Threshold fires when the cgroup's usage crosses bytes.
+	// Threshold fires when the cgroup's usage crosses bytes, either way.
 	Threshold(rel string, bytes uint64) (notify.Watch, error)
 	// OOM fires when the kernel finds the cgroup out of memory.
 	OOM(rel string) (notify.Watch, error)
+	// Sampler is work the loop must do for the notifier (v2 samples
+	// usage: it has no usage thresholds); nil when the kernel does it all.
+	Sampler() notify.Sampler
 }
 
 // Killer finds and kills victims.
@@ -25,6 +29,10 @@ type Killer interface {
 	Open(c kill.Candidate) (*kill.Target, error)
 	// KillContainer kills every process of the container cgroup rel.
 	KillContainer(rel string) ([]kill.Candidate, time.Time, error)
+	// KillGroup kills cgroup rel the way the kernel kills a
+	// memory.oom.group: every process but those exempt (oom_score_adj
+	// -1000).
+	KillGroup(rel string) ([]kill.Candidate, time.Time, error)
 	// Alive tells whether a process seen earlier still runs.
 	Alive(c kill.Candidate) bool
 }

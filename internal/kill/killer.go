@@ -8,8 +8,13 @@ import (
 
 // Killer kills within one memory hierarchy.
 type Killer struct {
-	Mem     *cgroup.FS
-	Freezer *cgroup.FS // v1 freezer at the same relative place; nil if none
+	Mem *cgroup.FS
+	// Freezer is the v1 freezer at the same relative place; nil if none
+	// (and on v2, which freezes in Mem itself).
+	Freezer *cgroup.FS
+	// Unified says Mem is a cgroup v2 hierarchy: a cgroup is killed whole
+	// with cgroup.kill and frozen with cgroup.freeze.
+	Unified bool
 	Proc    Proc
 	Self    int // the guard's own pid, never killed
 }
@@ -25,5 +30,44 @@ func (k Killer) Alive(c Candidate) bool { return k.Proc.Alive(c) }
 // KillContainer kills every process of rel. The time is when the first
 // signal was sent.
 func (k Killer) KillContainer(rel string) ([]Candidate, time.Time, error) {
-	return k.Proc.cgroup(k.Mem, k.Freezer, rel, k.Self)
+	return k.kill(rel, nil)
+}
+
+// KillGroup kills rel as the kernel kills a memory.oom.group: every
+// process but the exempt (oom_score_adj -1000).
+func (k Killer) KillGroup(rel string) ([]Candidate, time.Time, error) {
+	return k.kill(rel, func(c Candidate) bool { return c.OOMScoreAdj == OOMScoreAdjMin })
+}
+
+// kill kills rel's processes but those spare names: on v2 with one write
+// to cgroup.kill when there are none to spare (and the guard is not among
+// them), else one by one, frozen first.
+func (k Killer) kill(rel string, spare func(Candidate) bool) ([]Candidate, time.Time, error) {
+	if k.Unified && !k.anyToSpare(rel, spare) {
+		killed, sent, ok, err := k.Proc.killAtOnce(k.Mem, rel)
+		if ok {
+			return killed, sent, err
+		}
+	}
+	return k.Proc.killEach(k.Mem, k.freezer(), rel, k.Self, spare)
+}
+
+func (k Killer) anyToSpare(rel string, spare func(Candidate) bool) bool {
+	cands, _ := Candidates(k.Mem, k.Proc, rel, cgroup.Unlimited)
+	for _, c := range cands {
+		if c.Pid == k.Self || spare != nil && spare(c) {
+			return true
+		}
+	}
+	return false
+}
+
+func (k Killer) freezer() cgroupFreezer {
+	switch {
+	case k.Unified:
+		return v2Freezer{k.Mem}
+	case k.Freezer != nil:
+		return v1Freezer{k.Freezer}
+	}
+	return nil
 }

@@ -1,8 +1,10 @@
 package kill
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -99,16 +101,23 @@ func release(pidfd int) {
 // cgroup is thawed so they can die. Without one it sweeps until the cgroup
 // is empty. It returns the processes it signalled.
 func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([]Candidate, error) {
-	killed, _, err := p.cgroup(fs, freezer, rel, self)
+	var fr cgroupFreezer
+	if freezer != nil {
+		fr = v1Freezer{freezer}
+	}
+	killed, _, err := p.killEach(fs, fr, rel, self, nil)
 	return killed, err
 }
 
-func (p Proc) cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([]Candidate, time.Time, error) {
+// killEach signals the processes of rel one by one, frozen first where fr
+// can freeze them, skipping self and those spare says to. The time is when
+// the first signal was sent.
+func (p Proc) killEach(fs *cgroup.FS, fr cgroupFreezer, rel string, self int, spare func(Candidate) bool) ([]Candidate, time.Time, error) {
 	var first time.Time
 	frozen := false
-	if freezer != nil && freezer.Exists(rel) {
-		frozen = freeze(freezer, rel)
-		defer thaw(freezer, rel)
+	if fr != nil {
+		frozen = fr.freeze(rel)
+		defer fr.thaw(rel)
 	}
 	var killed []Candidate
 	seen := map[int]bool{}
@@ -123,7 +132,7 @@ func (p Proc) cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 		}
 		n := 0
 		for _, c := range cands {
-			if c.Pid == self || seen[c.Pid] {
+			if c.Pid == self || seen[c.Pid] || spare != nil && spare(c) {
 				continue
 			}
 			if sent, err := p.Process(c); err == nil {
@@ -144,6 +153,78 @@ func (p Proc) cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 	}
 	return killed, first, nil
 }
+
+// killAtOnce kills every process of rel and its descendants with one
+// write to cgroup.kill (v2, 5.14+): the kernel signals them all, those
+// forked meanwhile too. Each one listed beforehand has its memory released
+// at once through its pidfd (see Kill). ok is false where the kernel has
+// no cgroup.kill: the caller kills them one by one.
+func (p Proc) killAtOnce(fs *cgroup.FS, rel string) (killed []Candidate, sent time.Time, ok bool, err error) {
+	cands, err := Candidates(fs, p, rel, cgroup.Unlimited)
+	if err != nil && len(cands) == 0 {
+		return nil, sent, true, err
+	}
+	if len(cands) == 0 {
+		return nil, sent, true, fmt.Errorf("cgroup %s: %w", fs.Path(rel, ""), ErrNoVictim)
+	}
+	var targets []*Target
+	for _, c := range cands {
+		if t, err := p.Open(c); err == nil {
+			targets = append(targets, t)
+		}
+	}
+	err = fs.WriteFile(rel, "cgroup.kill", "1")
+	sent = time.Now()
+	if err != nil {
+		for _, t := range targets {
+			t.Close()
+		}
+		if errors.Is(err, os.ErrNotExist) && fs.Exists(rel) {
+			return nil, time.Time{}, false, nil
+		}
+		return nil, time.Time{}, true, err
+	}
+	for _, t := range targets {
+		go release(t.pidfd)
+		t.pidfd = -1
+	}
+	return cands, sent, true, nil
+}
+
+// cgroupFreezer stops every task of a cgroup sub-tree so that none forks
+// or runs on while they are killed one by one.
+type cgroupFreezer interface {
+	freeze(rel string) bool
+	thaw(rel string)
+}
+
+// v1Freezer is the v1 freezer hierarchy at the memory cgroup's place.
+type v1Freezer struct{ fs *cgroup.FS }
+
+func (f v1Freezer) freeze(rel string) bool { return f.fs.Exists(rel) && freeze(f.fs, rel) }
+func (f v1Freezer) thaw(rel string)        { thaw(f.fs, rel) }
+
+// v2Freezer is cgroup.freeze (5.2+) in the unified hierarchy itself.
+type v2Freezer struct{ fs *cgroup.FS }
+
+func (f v2Freezer) freeze(rel string) bool {
+	if err := f.fs.WriteFile(rel, "cgroup.freeze", "1"); err != nil {
+		return false
+	}
+	deadline := time.Now().Add(50 * time.Millisecond)
+	for {
+		ev, err := f.fs.ReadFile(rel, "cgroup.events")
+		if err == nil && bytes.Contains(ev, []byte("frozen 1\n")) {
+			return true
+		}
+		if err != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func (f v2Freezer) thaw(rel string) { _ = f.fs.WriteFile(rel, "cgroup.freeze", "0") }
 
 // freeze asks the v1 freezer to stop every task in rel and waits briefly
 // for it. A freeze that does not complete (a task stuck in the kernel) is

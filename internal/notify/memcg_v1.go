@@ -77,3 +77,6 @@ func (n V1Notifier) Threshold(rel string, bytes uint64) (Watch, error) {
 }
 
 func (n V1Notifier) OOM(rel string) (Watch, error) { return V1OOM(n.FS, rel) }
+
+// Sampler is nil: the kernel signals every v1 watch itself.
+func (n V1Notifier) Sampler() Sampler { return nil }

@@ -63,6 +63,31 @@ func Boot(t testing.TB, pkg string, opts Options) (res *Result, err error) {
 	return h.run(work, pkg, opts, start, start.Add(timeout), hooks{})
 }
 
+// BootCommand is Boot for a program that is not a test (bench/preempt
+// runs its v2 half in the VM): pkg's tests matching opts.Run run in the VM
+// and the Result comes back for the caller to read; nothing is reported. A
+// missing QEMU or kernel is an error that says to run scripts/vm-kernel.
+func BootCommand(pkg string, opts Options) (*Result, error) {
+	if InGuest() {
+		return nil, errors.New("vm: already in the VM: the harness does not nest")
+	}
+	h, err := lookupHost()
+	if err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	if opts.Run == "" {
+		return nil, errors.New("vm: Options.Run is empty: name the tests to run in the VM")
+	}
+	opts = opts.withDefaults()
+	work, err := os.MkdirTemp("", "oomguard-vm-")
+	if err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	defer os.RemoveAll(work)
+	start := time.Now()
+	return h.run(work, pkg, opts, start, start.Add(opts.Timeout), hooks{})
+}
+
 // workDir makes the directory for one boot's files (binaries, initramfs,
 // disk, serial logs), removed when the test ends. Not t.TempDir: its name
 // comes from the test's, which may hold a comma, and QEMU's options take a
@@ -119,7 +144,7 @@ func (h *host) run(work, pkg string, opts Options, start, deadline time.Time, hk
 	if opts.Skip != "" {
 		args = append(args, "-test.skip="+opts.Skip)
 	}
-	if testing.Short() {
+	if testing.Testing() && testing.Short() {
 		args = append(args, "-test.short")
 	}
 	args = append(args, opts.Args...)
