@@ -77,7 +77,8 @@ func eventLatency(root *cgroup.FS, top string, n int) error {
 	defer reader.Close()
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyNoop
-	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, rec, nil)
+	arm := &armed{}
+	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, rec, arm)
 	if err != nil {
 		return err
 	}
@@ -88,7 +89,7 @@ func eventLatency(root *cgroup.FS, top string, n int) error {
 
 	var lat []time.Duration
 	for i := 0; i < n; i++ {
-		d, err := kernelKillEvent(root, fmt.Sprintf("%s/k%d", base, i), times)
+		d, err := kernelKillEvent(root, fmt.Sprintf("%s/k%d", base, i), times, arm)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i, err)
 		}
@@ -110,7 +111,10 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float6
 // time it). The cgroup stays until the event is out: a cgroup removed at
 // once leaves its counters unread and the kill to the kernel log alone
 // (reported when the reconciler's window ends).
-func kernelKillEvent(root *cgroup.FS, rel string, times *eventTimes) (time.Duration, error) {
+func kernelKillEvent(root *cgroup.FS, rel string, times *eventTimes, arm *armed) (time.Duration, error) {
+	if err := arm.wait(0); err != nil {
+		return 0, err
+	}
 	if err := root.Mkdir(rel); err != nil {
 		return 0, err
 	}
@@ -118,7 +122,9 @@ func kernelKillEvent(root *cgroup.FS, rel string, times *eventTimes) (time.Durat
 	if err := root.WriteFile(rel, "memory.limit_in_bytes", strconv.Itoa(64<<20)); err != nil {
 		return 0, err
 	}
-	time.Sleep(20 * time.Millisecond) // inotify: let the guard arm the new cgroup
+	if err := arm.wait(1); err != nil {
+		return 0, err
+	}
 	hog := testenv.HogCommand(testenv.HogSpec{})
 	if err := testenv.StartIn(root, rel, hog); err != nil {
 		return 0, err

@@ -15,6 +15,7 @@
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
 	"os"
@@ -116,7 +117,8 @@ func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guard
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyProcess
 	cfg.RealtimePriority = rtPriority
-	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, col, nil)
+	arm := &armed{}
+	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, col, arm)
 	if err != nil {
 		return err
 	}
@@ -133,7 +135,7 @@ func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guard
 			col.react = nil
 			col.mu.Unlock()
 			for i := 0; i < runs; i++ {
-				who, err := oneRun(root, fmt.Sprintf("%s/l%d-t%d-r%d", top, lim, th, i), uint64(lim)<<20, th, col)
+				who, err := oneRun(root, fmt.Sprintf("%s/l%d-t%d-r%d", top, lim, th, i), uint64(lim)<<20, th, col, arm)
 				if err != nil {
 					close(stop)
 					<-done
@@ -172,7 +174,10 @@ func run(runs int, limits, threads []int, idle int, idleFor time.Duration, guard
 }
 
 // oneRun starts one hog in a new cgroup and says who killed it.
-func oneRun(root *cgroup.FS, rel string, limit uint64, threads int, col *collector) (string, error) {
+func oneRun(root *cgroup.FS, rel string, limit uint64, threads int, col *collector, arm *armed) (string, error) {
+	if err := arm.wait(0); err != nil { // the previous run's cgroup is let go
+		return "", err
+	}
 	if err := root.Mkdir(rel); err != nil {
 		return "", err
 	}
@@ -180,7 +185,9 @@ func oneRun(root *cgroup.FS, rel string, limit uint64, threads int, col *collect
 	if err := root.WriteFile(rel, "memory.limit_in_bytes", strconv.FormatUint(limit, 10)); err != nil {
 		return "", err
 	}
-	time.Sleep(20 * time.Millisecond) // inotify: let the guard arm the new cgroup
+	if err := arm.wait(1); err != nil {
+		return "", err
+	}
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0, Threads: threads})
 	if err := testenv.StartIn(root, rel, hog); err != nil {
 		return "", err
@@ -204,9 +211,13 @@ func oneRun(root *cgroup.FS, rel string, limit uint64, threads int, col *collect
 		return "", fmt.Errorf("%s: %w", root.Path(rel, "memory.oom_control"), err)
 	}
 	kernel := counters["oom_kill"] > 0
-	col.mu.Lock()
-	byGuard := col.killed[hog.Process.Pid]
-	col.mu.Unlock()
+	byGuard := false
+	// The guard reports after it kills: give its event a moment.
+	for deadline := time.Now().Add(time.Second); !kernel && !byGuard && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		col.mu.Lock()
+		byGuard = col.killed[hog.Process.Pid]
+		col.mu.Unlock()
+	}
 	switch {
 	case kernel:
 		return "kernel", nil
@@ -291,12 +302,31 @@ func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string)
 		}
 	}
 	cmd := exec.Command(bin, "--root="+root.Path(base, ""), "--policy=noop", "--webhook-url=", "--v=0")
-	cmd.Stderr = os.Stderr
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
-	time.Sleep(2 * time.Second) // first walk and registration
+	ready := make(chan time.Duration, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			fmt.Fprintln(os.Stderr, sc.Text())
+			if strings.Contains(sc.Text(), "guarding ") {
+				ready <- time.Since(started)
+			}
+		}
+	}()
+	var startup time.Duration
+	select {
+	case startup = <-ready:
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("oom-guard not guarding %d cgroups after 2 minutes", n)
+	}
 	cpu0 := cpuTicks(cmd.Process.Pid)
 	time.Sleep(dur)
 	cpu1 := cpuTicks(cmd.Process.Pid)
@@ -304,8 +334,8 @@ func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string)
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
 	const hz = 100 // USER_HZ
 	cpuPct := float64(cpu1-cpu0) / hz / dur.Seconds() * 100
-	fmt.Printf("\nIdle cost of the oom-guard binary over %d guarded cgroups (%v): RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
-		n, dur, float64(rss)/1024, cpuPct, len(fds))
+	fmt.Printf("\nThe oom-guard binary over %d guarded cgroups: all guarded %v after start; then idle for %v: RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
+		n, startup.Round(time.Millisecond), dur, float64(rss)/1024, cpuPct, len(fds))
 	return nil
 }
 
