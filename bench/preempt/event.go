@@ -79,7 +79,8 @@ func eventLatency(h hierarchy, top string, n int, out io.Writer) error {
 	defer reader.Close()
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyNoop
-	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, rec, nil)
+	arm := &armed{}
+	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, rec, arm)
 	if err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func eventLatency(h hierarchy, top string, n int, out io.Writer) error {
 
 	var lat []time.Duration
 	for i := 0; i < n; i++ {
-		d, err := kernelKillEvent(h, fmt.Sprintf("%s/k%d", base, i), times)
+		d, err := kernelKillEvent(h, fmt.Sprintf("%s/k%d", base, i), times, arm)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", i, err)
 		}
@@ -112,12 +113,17 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/float6
 // time it). The cgroup stays until the event is out: a cgroup removed at
 // once leaves its counters unread and the kill to the kernel log alone
 // (reported when the reconciler's window ends).
-func kernelKillEvent(h hierarchy, rel string, times *eventTimes) (time.Duration, error) {
+func kernelKillEvent(h hierarchy, rel string, times *eventTimes, arm *armed) (time.Duration, error) {
+	if err := arm.wait(0); err != nil {
+		return 0, err
+	}
 	if err := h.mkLimited(rel, 64<<20); err != nil {
 		return 0, err
 	}
 	defer removeTree(h.mount, rel)
-	time.Sleep(20 * time.Millisecond) // inotify: let the guard arm the new cgroup
+	if err := arm.wait(1); err != nil {
+		return 0, err
+	}
 	hog := testenv.HogCommand(testenv.HogSpec{})
 	if err := testenv.StartIn(h.mount, rel, hog); err != nil {
 		return 0, err

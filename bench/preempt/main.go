@@ -23,6 +23,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -243,7 +244,8 @@ func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([
 		floor = fmt.Sprintf(", assumed growth at least %.0f MiB/s (measured)", g.GrowthFloor()/(1<<20))
 	}
 	col := &collector{killed: map[int]bool{}}
-	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, col, nil)
+	arm := &armed{}
+	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, col, arm)
 	if err != nil {
 		return nil, "", err
 	}
@@ -257,7 +259,7 @@ func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([
 			r := row{mechanism: mech, limitMiB: lim, threads: th, runs: c.Runs}
 			col.reset()
 			for i := 0; i < c.Runs; i++ {
-				who, err := oneRun(h, fmt.Sprintf("%s/l%d-t%d-r%d", base, lim, th, i), uint64(lim)<<20, th, col)
+				who, err := oneRun(h, fmt.Sprintf("%s/l%d-t%d-r%d", base, lim, th, i), uint64(lim)<<20, th, col, arm)
 				if err != nil {
 					close(stop)
 					<-done
@@ -285,12 +287,17 @@ func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([
 }
 
 // oneRun starts one hog in a new cgroup and says who killed it.
-func oneRun(h hierarchy, rel string, limit uint64, threads int, col *collector) (string, error) {
+func oneRun(h hierarchy, rel string, limit uint64, threads int, col *collector, arm *armed) (string, error) {
+	if err := arm.wait(0); err != nil { // the previous run's cgroup is let go
+		return "", err
+	}
 	if err := h.mkLimited(rel, limit); err != nil {
 		return "", err
 	}
 	defer removeTree(h.mount, rel)
-	time.Sleep(20 * time.Millisecond) // inotify: let the guard arm the new cgroup
+	if err := arm.wait(1); err != nil {
+		return "", err
+	}
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0, Threads: threads})
 	if err := testenv.StartIn(h.mount, rel, hog); err != nil {
 		return "", err
@@ -309,9 +316,13 @@ func oneRun(h hierarchy, rel string, limit uint64, threads int, col *collector) 
 	if err != nil {
 		return "", err
 	}
-	col.mu.Lock()
-	byGuard := col.killed[hog.Process.Pid]
-	col.mu.Unlock()
+	byGuard := false
+	// The guard reports after it kills: give its event a moment.
+	for deadline := time.Now().Add(time.Second); kills == 0 && !byGuard && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		col.mu.Lock()
+		byGuard = col.killed[hog.Process.Pid]
+		col.mu.Unlock()
+	}
 	switch {
 	case kills > 0:
 		return "kernel", nil
@@ -408,12 +419,31 @@ func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string,
 		}
 	}
 	cmd := exec.Command(bin, "--root="+root.Path(base, ""), "--policy=noop", "--webhook-url=", "--v=0")
-	cmd.Stderr = os.Stderr
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
-	time.Sleep(2 * time.Second) // first walk and registration
+	ready := make(chan time.Duration, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			fmt.Fprintln(os.Stderr, sc.Text())
+			if strings.Contains(sc.Text(), "guarding ") {
+				ready <- time.Since(started)
+			}
+		}
+	}()
+	var startup time.Duration
+	select {
+	case startup = <-ready:
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("oom-guard not guarding %d cgroups after 2 minutes", n)
+	}
 	cpu0 := cpuTicks(cmd.Process.Pid)
 	time.Sleep(dur)
 	cpu1 := cpuTicks(cmd.Process.Pid)
@@ -421,8 +451,8 @@ func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string,
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
 	const hz = 100 // USER_HZ
 	cpuPct := float64(cpu1-cpu0) / hz / dur.Seconds() * 100
-	fmt.Fprintf(out, "\nIdle cost of the oom-guard binary over %d guarded cgroups (%v): RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
-		n, dur, float64(rss)/1024, cpuPct, len(fds))
+	fmt.Fprintf(out, "\nThe oom-guard binary over %d guarded cgroups: all guarded %v after start; then idle for %v: RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
+		n, startup.Round(time.Millisecond), dur, float64(rss)/1024, cpuPct, len(fds))
 	return nil
 }
 
@@ -510,7 +540,13 @@ func idleCostInProcess(h hierarchy, top string, n int, dur time.Duration, out io
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	go func() { done <- g.Run(stop) }()
-	time.Sleep(2 * time.Second) // first walk and registration
+	select {
+	case <-g.Ready():
+	case <-time.After(2 * time.Minute):
+		close(stop)
+		<-done
+		return fmt.Errorf("%d cgroups not guarded after 2 minutes", n)
+	}
 	cpu0, samples0 := selfCPU(), parts.samples()
 	time.Sleep(dur)
 	cpu1, samples1 := selfCPU(), parts.samples()

@@ -117,10 +117,8 @@ func (g *Guard) setLimit(c *cg, limit uint64) {
 	switch {
 	case limit == cgroup.Unlimited:
 		g.unguard(c)
-	case !c.guarded():
-		g.guard(c)
-	case limit != c.armedLimit:
-		g.rearm(c)
+	case !c.guarded(), limit != c.armedLimit:
+		g.register(c)
 	}
 }
 

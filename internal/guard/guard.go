@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +40,8 @@ type cg struct {
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool
 
+	registering bool // a registration of its notifications is under way
+
 	oomKills   uint64    // kernel oom_kill count already reported
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
 	oomChecks  int       // checks done since the kernel's OOM notification
@@ -68,6 +71,15 @@ type Guard struct {
 	byFd    map[int]*cg
 	guarded int
 
+	// Registrations off the loop (register.go).
+	registered chan *registration
+	regSlots   chan struct{}
+	regs       sync.WaitGroup
+	inFlight   int       // registrations started, not yet installed
+	started    time.Time // zero once the start is logged
+	ready      chan struct{}
+	quit       chan struct{}
+
 	walks     chan map[string]uint64
 	walkAsk   chan struct{}
 	reclaims  chan string
@@ -92,6 +104,7 @@ func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics)
 		cfg: cfg, mem: mem, notifier: n, killer: k, sink: s, metrics: m, self: os.Getpid(),
 		known: map[string]*cg{}, byFd: map[int]*cg{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
+		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
 }
@@ -130,14 +143,15 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		return err
 	}
 	defer g.releaseAll()
+	g.quit = make(chan struct{})
+	quit := g.quit
+	defer g.stopRegistrations()
 
-	start := time.Now()
+	g.started = time.Now()
 	g.applyWalk(g.walk())
-	klog.Infof("guarding %d of %d cgroups under %s (%s, policy %s), first walk took %v",
-		g.guarded, len(g.known), g.mem.FS().Root, g.mem.Version(), g.cfg.Policy, time.Since(start).Round(time.Microsecond))
+	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.known), g.mem.FS().Root, time.Since(g.started).Round(time.Microsecond))
+	g.logStarted()
 
-	quit := make(chan struct{})
-	defer close(quit)
 	go g.walker(quit)
 	go g.reclaimer(quit)
 	go func() {
@@ -166,6 +180,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 			default:
 			}
 		}
+		g.installRegistered()
 		select {
 		case found := <-g.walks:
 			g.applyWalk(found)

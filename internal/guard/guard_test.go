@@ -31,10 +31,30 @@ type events struct {
 	ch         chan event.Event
 	standDowns int
 	crossings  int
+	guarded    int
+}
+
+// waitGuardedN waits until the guard guards n cgroups: registering a new
+// cgroup's thresholds takes the kernel tens of milliseconds.
+func (e *events) waitGuardedN(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		e.mu.Lock()
+		got := e.guarded
+		e.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guarding %d cgroups after 10s, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // events is also the guard's Metrics, to see what it decided.
-func (e *events) SetGuarded(int)                     {}
+func (e *events) SetGuarded(n int)                   { e.mu.Lock(); e.guarded = n; e.mu.Unlock() }
 func (e *events) Action(event.Reason, time.Duration) {}
 func (e *events) KernelKill(event.Reason)            {}
 func (e *events) Crossing()                          { e.mu.Lock(); e.crossings++; e.mu.Unlock() }
@@ -120,7 +140,12 @@ func runGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*events, func
 }
 
 func waitGuarded(t *testing.T, g *guard.Guard) {
-	time.Sleep(50 * time.Millisecond) // the first walk runs at Run's start
+	t.Helper()
+	select {
+	case <-g.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the guard did not guard its cgroups within 10s")
+	}
 }
 
 func testConfig() guard.Config {
@@ -314,7 +339,7 @@ func TestNewCgroupAndRaisedLimit(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	sink := startGuard(t, cg, testConfig())
 	rel := cg.Child(t, "late", 64<<20)
-	time.Sleep(20 * time.Millisecond)
+	sink.waitGuardedN(t, 1)
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	sink.wait(t, event.KillProcess, 10*time.Second)
@@ -394,7 +419,7 @@ func TestInotifyReset(t *testing.T) {
 	sink := startGuard(t, cg, cfg)
 	time.Sleep(350 * time.Millisecond) // three resets
 	rel := cg.Child(t, "after-reset", 64<<20)
-	time.Sleep(20 * time.Millisecond)
+	sink.waitGuardedN(t, 1)
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	ev := sink.wait(t, event.KillProcess, 10*time.Second)
