@@ -34,6 +34,12 @@ type options struct {
 	// memory.oom.group, done for v1) so the orchestrator restarts it.
 	killContainerOnChildOOM bool
 	runtimeTimeout          time.Duration
+
+	// kubeEvents is --kube-events: "auto" writes Kubernetes Events when a
+	// cluster is known (in a pod, or --kubeconfig), "on" requires one,
+	// "off" writes none.
+	kubeEvents string
+	kubeconfig string // "" in a pod: the service account's credentials
 }
 
 // errUsage marks a command-line error: exit status 2.
@@ -75,6 +81,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	criList := fs.String("cri-sockets", identity.DefaultContainerdSocket+","+identity.DefaultCRIOSocket, "CRI runtime sockets (comma-separated) for pod and container names and stops; empty asks none")
 	fs.BoolVar(&o.killContainerOnChildOOM, "kill-container-on-child-oom", false, "when the kernel OOM-kills a process that is not its container's init, kill the whole container so it is restarted")
 	runtimeMs := fs.Int("runtime-timeout-ms", 500, "longest wait for a container runtime's answer")
+	fs.StringVar(&o.kubeEvents, "kube-events", "auto", "write a Kubernetes Event per event, on the pod or else the node: auto (when in a pod or given --kubeconfig), on (required), off")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for the Kubernetes Events; default: the pod's service account")
 	fs.IntVar(&o.guard.RealtimePriority, "rt-priority", def.RealtimePriority, "SCHED_FIFO priority of the guard's decision loop, so a busy node cannot delay it (0: normal scheduling)")
 
 	if err := fs.Parse(args); err != nil {
@@ -100,6 +108,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if guardMs < 0 || o.port < 0 || o.port > 65535 || minMiB < 0 || maxMiB <= 0 {
 		return nil, usageErr("--guard-ms, --port, --min-margin and --max-margin must be in range (got %d, %d, %v, %v)", guardMs, o.port, minMiB, maxMiB)
+	}
+	switch o.kubeEvents {
+	case "auto", "on", "off":
+	default:
+		return nil, usageErr("--kube-events must be auto, on or off, got %q", o.kubeEvents)
 	}
 	if *runtimeMs <= 0 {
 		return nil, usageErr("--runtime-timeout-ms must be positive, got %d", *runtimeMs)

@@ -64,6 +64,13 @@ func serve(o *options, mem cgroup.Memory) error {
 		webhook = report.NewWebhook(o.webhook, report.WebhookOptions{}, metrics)
 		sinks = append(sinks, webhook)
 	}
+	kubeEvents, err := newKubeEvents(o, metrics)
+	if err != nil {
+		return err
+	}
+	if kubeEvents != nil {
+		sinks = append(sinks, kubeEvents)
+	}
 	rt := newRuntimes(o)
 	notifier, killer, err := kernelParts(mem, rt.stoppers, o.runtimeTimeout)
 	if err != nil {
@@ -109,6 +116,9 @@ func serve(o *options, mem cgroup.Memory) error {
 	}
 	if webhook != nil {
 		webhook.Stop(ctx)
+	}
+	if kubeEvents != nil {
+		kubeEvents.Stop(ctx)
 	}
 	return runErr
 }

@@ -181,6 +181,12 @@ func startDaemon(t *testing.T, root string, guarded int, env []string, args ...s
 	t.Helper()
 	cmd := exec.Command(guardBin, append(args, "--root="+root)...)
 	cmd.Env = append(os.Environ(), env...)
+	return startDaemonCmd(t, cmd, guarded)
+}
+
+// startDaemonCmd starts cmd, which execs the binary, as startDaemon does.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd, guarded int) *daemon {
+	t.Helper()
 	d := &daemon{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
@@ -567,4 +573,59 @@ func checkKernelEvent(t *testing.T, body []byte, pid int, cgroup string) {
 	if ev.Reason != "CgroupOOM" || ev.ProcCgroup != cgroup || len(ev.Processes) != 1 || ev.Processes[0].Pid != pid {
 		t.Fatalf("event %s, want CgroupOOM of pid %d in %s", body, pid, cgroup)
 	}
+}
+
+// Where the kernel refuses SCHED_FIFO (a container's cpu cgroup with no
+// real-time budget: cpu.rt_runtime_us 0, the default for a new cgroup), the
+// decision loop runs at nice -20 instead, and says so.
+func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	cpu := fmt.Sprintf("/sys/fs/cgroup/cpu/oomguard-test-rt-%d", os.Getpid())
+	if err := os.Mkdir(cpu, 0o755); err != nil {
+		testenv.Skip(t, "needs the v1 cpu controller: "+err.Error())
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(cpu); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	if b, err := os.ReadFile(cpu + "/cpu.rt_runtime_us"); err != nil || strings.TrimSpace(string(b)) != "0" {
+		testenv.Skip(t, fmt.Sprintf("needs real-time group scheduling with no budget in a new cpu cgroup (cpu.rt_runtime_us %q, %v)", b, err))
+	}
+	cmd := exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && shift && exec "$@"`, "sh", cpu,
+		guardBin, "--root="+cg.Mem.Path(cg.Rel, ""), "--policy=noop", "--webhook-url=", "--port=0", "--v=0", "--logtostderr")
+	d := startDaemonCmd(t, cmd, 0)
+	if !strings.Contains(d.stderr.String(), "running it at nice -20 instead") {
+		t.Errorf("no word of the fallback in the log:\n%s", d.stderr.String())
+	}
+	if n := fifoThreads(t, d.cmd.Process.Pid); n != 0 {
+		t.Errorf("%d threads under SCHED_FIFO in a cgroup without real-time budget", n)
+	}
+	if n := niceThreads(t, d.cmd.Process.Pid, -20); n != 1 {
+		t.Errorf("%d threads at nice -20, want the decision loop's alone", n)
+	}
+	d.stop(t) // out of the cpu cgroup before it is removed
+}
+
+// niceThreads counts the process's threads at the given nice value (field
+// 19 of /proc/PID/task/TID/stat).
+func niceThreads(t *testing.T, pid, nice int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		const niceIndex = 19 - 3
+		if len(fields) > niceIndex && fields[niceIndex] == strconv.Itoa(nice) {
+			n++
+		}
+	}
+	return n
 }

@@ -21,8 +21,11 @@ func useRealtime(prio int) (restore func()) {
 	}
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(prio)}
 	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
-		klog.Warningf("real-time priority %d for the guard loop: %v (running at normal priority; it may lose races on a busy node)", prio, err)
-		return func() {}
+		// In a container the kernel refuses SCHED_FIFO even to a
+		// privileged process when real-time group scheduling gives its
+		// cpu cgroup no real-time budget (cpu.rt_runtime_us 0, the
+		// default). The strongest normal priority is the next best.
+		return useHighestNice(prio, err)
 	}
 	return func() {
 		normal := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
@@ -30,6 +33,22 @@ func useRealtime(prio int) (restore func()) {
 			klog.Errorf("guard loop: back to normal scheduling: %v", err)
 		}
 	}
+}
+
+// useHighestNice gives the calling thread nice -20 (on Linux, PRIO_PROCESS
+// with who 0 is the calling thread) and returns what puts it back.
+func useHighestNice(prio int, fifoErr error) (restore func()) {
+	before, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err == nil {
+		err = unix.Setpriority(unix.PRIO_PROCESS, 0, -20)
+	}
+	if err != nil {
+		klog.Warningf("real-time priority %d for the guard loop: %v; nice -20: %v (running at normal priority; it may lose races on a busy node)", prio, fifoErr, err)
+		return func() {}
+	}
+	klog.Warningf("real-time priority %d for the guard loop: %v; running it at nice -20 instead", prio, fifoErr)
+	// getpriority(2) returns 20 - nice.
+	return func() { _ = unix.Setpriority(unix.PRIO_PROCESS, 0, 20-before) }
 }
 
 // ValidRealtimePriority checks a SCHED_FIFO priority (0 disables).
