@@ -506,7 +506,14 @@ func atoi(s string) int {
 
 // fifoThreads counts the process's threads under SCHED_FIFO (policy, field
 // 41 of /proc/PID/task/TID/stat, is 1).
-func fifoThreads(t *testing.T, pid int) int {
+func fifoThreads(t *testing.T, pid int) int { return threadsWith(t, pid, 41, "1") }
+
+// niceThreads counts the process's threads at the given nice value (field 19).
+func niceThreads(t *testing.T, pid, nice int) int { return threadsWith(t, pid, 19, strconv.Itoa(nice)) }
+
+// threadsWith counts the process's threads whose /proc/PID/task/TID/stat
+// field (numbered as in proc(5)) has the given value.
+func threadsWith(t *testing.T, pid, field int, value string) int {
 	t.Helper()
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
@@ -518,9 +525,9 @@ func fifoThreads(t *testing.T, pid int) int {
 		if err != nil {
 			continue
 		}
+		// Fields after the comm, which may hold spaces, start at 3.
 		fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-		const policyIndex = 41 - 3
-		if len(fields) > policyIndex && fields[policyIndex] == "1" {
+		if len(fields) > field-3 && fields[field-3] == value {
 			n++
 		}
 	}
@@ -605,27 +612,4 @@ func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
 		t.Errorf("%d threads at nice -20, want the decision loop's alone", n)
 	}
 	d.stop(t) // out of the cpu cgroup before it is removed
-}
-
-// niceThreads counts the process's threads at the given nice value (field
-// 19 of /proc/PID/task/TID/stat).
-func niceThreads(t *testing.T, pid, nice int) int {
-	t.Helper()
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, task := range tasks {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-		const niceIndex = 19 - 3
-		if len(fields) > niceIndex && fields[niceIndex] == strconv.Itoa(nice) {
-			n++
-		}
-	}
-	return n
 }

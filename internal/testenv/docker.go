@@ -274,9 +274,16 @@ func stopHarnessDockerd() {
 	// takes anything from a daemon that is not ours).
 	_ = os.Remove("/run/containerd/s")
 	_ = os.Remove("/run/containerd")
-	// Likewise the plugin directory dockerd makes whatever its exec root.
+	// Likewise the plugin directory dockerd makes whatever its exec root,
+	// and the parent cgroup it makes for containers in every v1
+	// hierarchy: rmdir removes a cgroup only when it is empty, so one a
+	// running container (another daemon's) still uses stays.
 	_ = os.Remove("/run/docker/plugins")
 	_ = os.Remove("/run/docker")
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/docker")
+	for _, d := range dirs {
+		_ = os.Remove(d)
+	}
 }
 
 // isDockerd: pid is a live (not zombie) dockerd. A zombie counts as gone:
