@@ -118,25 +118,37 @@ func runGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*events, func
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
+	stopper := runInBackground(t, g, 5*time.Second, nil)
+	waitGuarded(t, g)
+	return sink, stopper
+}
+
+// runInBackground runs g until the returned function is called; that
+// function (safe to call twice) waits for Run to return, then calls after
+// if set: what the guard used must outlive it.
+func runInBackground(t *testing.T, g *guard.Guard, timeout time.Duration, after func()) (stop func()) {
+	t.Helper()
+	stopc := make(chan struct{})
 	done := make(chan error)
-	go func() { done <- g.Run(stop) }()
+	go func() { done <- g.Run(stopc) }()
 	var once sync.Once
-	stopper := func() {
+	return func() {
 		once.Do(func() {
-			close(stop)
+			close(stopc)
 			select {
 			case err := <-done:
 				if err != nil {
 					t.Errorf("guard: %v", err)
 				}
-			case <-time.After(5 * time.Second):
-				t.Error("guard did not stop within 5s")
+			case <-time.After(timeout):
+				t.Errorf("guard did not stop within %v", timeout)
+				return
+			}
+			if after != nil {
+				after()
 			}
 		})
 	}
-	waitGuarded(t, g)
-	return sink, stopper
 }
 
 func waitGuarded(t *testing.T, g *guard.Guard) {

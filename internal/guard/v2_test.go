@@ -12,7 +12,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -64,27 +63,9 @@ func startV2Guard(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, wrap fun
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopc := make(chan struct{})
-	done := make(chan error)
-	go func() { done <- g.Run(stopc) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			close(stopc)
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("guard: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Error("guard did not stop within 10s")
-				return
-			}
-			n.Close()
-		})
-	}
+	stop := runInBackground(t, g, 10*time.Second, func() { n.Close() })
 	t.Cleanup(stop)
-	time.Sleep(100 * time.Millisecond) // the first walk runs at Run's start
+	waitGuarded(t, g)
 	return &v2Guard{sink: sink, stop: stop}
 }
 
