@@ -68,7 +68,10 @@ func (g *Guard) applyWalk(found map[string]uint64) {
 			continue
 		}
 		if limit != c.limit {
-			g.setLimit(c, limit)
+			// The walk read its limits a while ago, off the loop; inotify
+			// may have brought a newer one since. Read it again rather
+			// than let a stale walk unguard a cgroup just armed.
+			g.refreshLimit(c)
 		}
 	}
 	for rel, c := range g.known {

@@ -279,10 +279,14 @@ func (g *Guard) runTimers(now time.Time) {
 // resetInotify re-creates every inotify watch from scratch, then asks for a
 // full walk to catch whatever happened between the old and the new watches.
 func (g *Guard) resetInotify() error {
-	if g.inotify != nil {
-		_ = g.poller.Remove(g.inotify.Fd())
-		g.inotify.Close()
+	if old := g.inotify; old != nil {
+		_ = g.poller.Remove(old.Fd())
 		g.inotify = nil
+		// Destroying an inotify instance waits for an SRCU grace period
+		// (30 ms measured here), and a loop waiting for it misses what
+		// happens meanwhile. Out of the epoll set, nothing waits on it:
+		// it may be closed anywhere.
+		go old.Close()
 	}
 	in, err := notify.NewInotify()
 	if err != nil {
