@@ -118,6 +118,10 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 		return
 	}
+	if c.killingRest.Load() {
+		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		return
+	}
 	c.episode = true
 	p := g.validPrep(c, notified)
 	var statBefore string // for the event, should the cgroup be gone after the kill
@@ -248,6 +252,10 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	var sent time.Time
 	var err error
 	var note string
+	// rest kills the rest of the victim's container or group, when the
+	// policy says so: after the victim, and off the loop (a freeze, or a
+	// runtime's answer, can take tens of milliseconds).
+	var rest func() []kill.Candidate
 	switch g.cfg.Policy {
 	case PolicyNoop:
 		victim.Close()
@@ -264,7 +272,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		ev.Reason = event.KillProcess
 		if group := g.oomGroup(c, victim.Cgroup); err == nil && group != "" {
 			ev.Reason = event.KillContainer
-			killed = g.killRest(c, victim, group, killed, g.killer.KillGroup)
+			rest = g.killRest(c.rel, victim.Candidate, group, g.killer.KillGroup)
 			note = fmt.Sprintf("; memory.oom.group is set on %s: the kernel would kill all of it, not one process, so the process policy did too", g.absPath(group))
 		}
 	case PolicyContainer:
@@ -276,7 +284,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 				target = group
 				note = fmt.Sprintf("; memory.oom.group is set on %s, above the container: all of it killed, as the kernel would", g.absPath(group))
 			}
-			killed = g.killRest(c, victim, target, killed, g.killer.KillContainer)
+			rest = g.killRest(c.rel, victim.Candidate, target, g.killer.KillContainer)
 		}
 	}
 	c.lastAction = time.Now()
@@ -298,23 +306,39 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	if stat, err := c.files.Stat(); err == nil {
 		ev.Stats = stat.Text
 	}
-	g.report(ev, killed, reaction, note)
+	if rest == nil {
+		g.report(ev, killed, reaction, note)
+		return
+	}
+	// The cgroup cools down until the rest is killed: one spike, one kill.
+	c.killingRest.Store(true)
+	g.killers.Add(1)
+	go func() {
+		defer g.killers.Done()
+		killed = append(killed, rest()...)
+		c.killingRest.Store(false)
+		g.report(ev, killed, reaction, note)
+	}()
 }
 
-// killRest kills the rest of cgroup rel after its victim, with killAll, and
-// adds whom it killed to killed.
-func (g *Guard) killRest(c *cg, victim *kill.Target, rel string, killed []kill.Candidate,
-	killAll func(string) ([]kill.Candidate, time.Time, error)) []kill.Candidate {
-	rest, _, err := killAll(rel)
-	if err != nil && !errors.Is(err, kill.ErrNoVictim) {
-		klog.Warningf("cgroup %s: kill the rest of %s: %v", c.rel, rel, err)
-	}
-	for _, k := range rest {
-		if k.Pid != victim.Pid {
-			killed = append(killed, k)
+// killRest returns what kills the rest of cgroup rel after its victim,
+// with killAll, and says whom it killed. It runs off the loop: it must
+// touch nothing of the loop's but what it was given.
+func (g *Guard) killRest(guarded string, victim kill.Candidate, rel string,
+	killAll func(string) ([]kill.Candidate, time.Time, error)) func() []kill.Candidate {
+	return func() []kill.Candidate {
+		all, _, err := killAll(rel)
+		if err != nil && !errors.Is(err, kill.ErrNoVictim) {
+			klog.Warningf("cgroup %s: kill the rest of %s: %v", guarded, rel, err)
 		}
+		var others []kill.Candidate
+		for _, k := range all {
+			if k.Pid != victim.Pid {
+				others = append(others, k)
+			}
+		}
+		return others
 	}
-	return killed
 }
 
 // oomGroup is the cgroup the kernel would kill whole for a victim in

@@ -40,7 +40,8 @@ type cg struct {
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool
 
-	registering bool // a registration of its notifications is under way
+	registering bool        // a registration of its notifications is under way
+	killingRest atomic.Bool // the rest of its victim's container is being killed, off the loop
 
 	oomKills   uint64    // kernel oom_kill count already reported
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
@@ -75,8 +76,9 @@ type Guard struct {
 	registered chan *registration
 	regSlots   chan struct{}
 	regs       sync.WaitGroup
-	inFlight   int       // registrations started, not yet installed
-	started    time.Time // zero once the start is logged
+	killers    sync.WaitGroup // container kills off the loop (act.go)
+	inFlight   int            // registrations started, not yet installed
+	started    time.Time      // zero once the start is logged
 	ready      chan struct{}
 	quit       chan struct{}
 
@@ -146,6 +148,8 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	g.quit = make(chan struct{})
 	quit := g.quit
 	defer g.stopRegistrations()
+	// Kills under way finish, and report, before the guard lets go.
+	defer g.killers.Wait()
 
 	g.started = time.Now()
 	g.applyWalk(g.walk())
