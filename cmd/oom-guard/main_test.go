@@ -234,19 +234,6 @@ func (d *daemon) stop(t *testing.T) int {
 	return d.cmd.ProcessState.ExitCode()
 }
 
-func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) syscall.WaitStatus {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-		return cmd.ProcessState.Sys().(syscall.WaitStatus)
-	case <-time.After(d):
-		t.Fatalf("pid %d still running after %v", cmd.Process.Pid, d)
-	}
-	return 0
-}
-
 func kernelOOMKills(t *testing.T, rel string) uint64 {
 	t.Helper()
 	mem, err := cgroup.Open(testenv.V1MemoryRoot)
@@ -307,7 +294,7 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no webhook POST within 15s")
 	}
-	if ws := waitExit(t, hog, 5*time.Second); ws.Signal() != syscall.SIGKILL {
+	if ws := testenv.WaitExit(t, hog, 5*time.Second); ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("hog ended with %v", ws)
 	}
 	if n := kernelOOMKills(t, rel); n != 0 {
@@ -415,8 +402,8 @@ func TestSeedArgsStartTheGuard(t *testing.T) {
 	cg.Start(t, rel, idle)
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
-	waitExit(t, hog, 15*time.Second)
-	waitExit(t, idle, 5*time.Second)
+	testenv.WaitExit(t, hog, 15*time.Second)
+	testenv.WaitExit(t, idle, 5*time.Second)
 	if n := kernelOOMKills(t, rel); n != 0 {
 		t.Fatalf("the kernel OOM-killed %d processes", n)
 	}
@@ -478,7 +465,7 @@ func TestHungWebhookDoesNotDelayKills(t *testing.T) {
 	for i, rel := range rels {
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		cg.Start(t, rel, hog)
-		if ws := waitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL {
+		if ws := testenv.WaitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL {
 			t.Fatalf("hog %d ended with %v", i, ws)
 		}
 		if n := kernelOOMKills(t, rel); n != 0 {
@@ -542,7 +529,7 @@ func TestKmsgFromBoot(t *testing.T) {
 	rel := cg.Child(t, "before", 32<<20)
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
-	if ws := waitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL || kernelOOMKills(t, rel) != 1 {
+	if ws := testenv.WaitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL || kernelOOMKills(t, rel) != 1 {
 		t.Fatalf("the kernel did not OOM-kill the hog: %v", ws)
 	}
 	for _, fromBoot := range []bool{false, true} {

@@ -177,19 +177,6 @@ func oomKills(t *testing.T, cg *testenv.Cgroup, rel string) uint64 {
 	return n
 }
 
-func exited(t *testing.T, cmd *exec.Cmd, d time.Duration) syscall.WaitStatus {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-		return cmd.ProcessState.Sys().(syscall.WaitStatus)
-	case <-time.After(d):
-		t.Fatalf("pid %d still running after %v", cmd.Process.Pid, d)
-	}
-	return 0
-}
-
 // A process allocating as fast as it can is killed by the guard, and the
 // kernel's OOM killer never runs.
 func TestGuardPreemptsKernel(t *testing.T) {
@@ -199,7 +186,7 @@ func TestGuardPreemptsKernel(t *testing.T) {
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	ev := sink.wait(t, event.KillProcess, 10*time.Second)
-	ws := exited(t, hog, 5*time.Second)
+	ws := testenv.WaitExit(t, hog, 5*time.Second)
 	if ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("hog ended with %v", ws)
 	}
@@ -228,7 +215,7 @@ func TestNoopLeavesItToTheKernel(t *testing.T) {
 	if ev.Processes[0].Pid != hog.Process.Pid {
 		t.Fatalf("would kill %+v", ev.Processes)
 	}
-	exited(t, hog, 10*time.Second)
+	testenv.WaitExit(t, hog, 10*time.Second)
 	if n := oomKills(t, cg, rel); n != 1 {
 		t.Fatalf("kernel oom_kill = %d, want 1", n)
 	}
@@ -272,7 +259,7 @@ func TestProcessPolicyPicksHighestScore(t *testing.T) {
 	cg.Start(t, cg.Child(t, "c/worker", 0), victim)
 	writeAdj(t, victim.Process.Pid, "500")
 	ev := sink.wait(t, event.KillProcess, 10*time.Second)
-	exited(t, victim, 5*time.Second)
+	testenv.WaitExit(t, victim, 5*time.Second)
 	if ev.Processes[0].Pid != victim.Process.Pid || ev.ProcCgroup != cg.Path("c/worker") {
 		t.Fatalf("killed %+v in %s, want %d", ev.Processes, ev.ProcCgroup, victim.Process.Pid)
 	}
@@ -309,8 +296,8 @@ func TestContainerPolicyKillsEveryTask(t *testing.T) {
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	ev := sink.wait(t, event.KillContainer, 10*time.Second)
-	exited(t, hog, 5*time.Second)
-	exited(t, idle, 5*time.Second)
+	testenv.WaitExit(t, hog, 5*time.Second)
+	testenv.WaitExit(t, idle, 5*time.Second)
 	if len(ev.Processes) != 2 || ev.Policy != "Container" {
 		t.Fatalf("event %+v", ev)
 	}
@@ -331,7 +318,7 @@ func TestPageCacheIsNotKilled(t *testing.T) {
 	defer os.RemoveAll(dir)
 	writer := testenv.HogCommand(testenv.HogSpec{Kind: "file", MiB: 256, Dir: dir})
 	cg.Start(t, rel, writer)
-	if ws := exited(t, writer, 60*time.Second); ws.ExitStatus() != 0 {
+	if ws := testenv.WaitExit(t, writer, 60*time.Second); ws.ExitStatus() != 0 {
 		t.Fatalf("writer ended with %v", ws)
 	}
 	for _, ev := range sink.all() {
@@ -355,7 +342,7 @@ func TestNewCgroupAndRaisedLimit(t *testing.T) {
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	sink.wait(t, event.KillProcess, 10*time.Second)
-	exited(t, hog, 5*time.Second)
+	testenv.WaitExit(t, hog, 5*time.Second)
 
 	raised := cg.Child(t, "raised", 64<<20)
 	time.Sleep(20 * time.Millisecond)
@@ -435,7 +422,7 @@ func TestInotifyReset(t *testing.T) {
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	ev := sink.wait(t, event.KillProcess, 10*time.Second)
-	exited(t, hog, 5*time.Second)
+	testenv.WaitExit(t, hog, 5*time.Second)
 	if ev.OOMCgroup != cg.Path("after-reset") {
 		t.Fatalf("event %+v", ev)
 	}

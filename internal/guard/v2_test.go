@@ -120,7 +120,7 @@ func TestV2PreemptsKernel(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // inotify: the guard arms it
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		cg.Start(t, rel, hog)
-		if ws := exited(t, hog, 30*time.Second); ws.Signal() != syscall.SIGKILL {
+		if ws := testenv.WaitExit(t, hog, 30*time.Second); ws.Signal() != syscall.SIGKILL {
 			t.Fatalf("hog ended with %v", ws)
 		}
 		if n := v2Events(t, cg, rel, "memory.events")["oom_kill"]; n != 0 {
@@ -157,8 +157,8 @@ func TestV2ContainerPolicyKillsEveryTask(t *testing.T) {
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	ev := g.sink.wait(t, event.KillContainer, 30*time.Second)
-	exited(t, hog, 10*time.Second)
-	exited(t, idle, 10*time.Second)
+	testenv.WaitExit(t, hog, 10*time.Second)
+	testenv.WaitExit(t, idle, 10*time.Second)
 	if len(ev.Processes) != 2 || ev.Policy != "Container" {
 		t.Fatalf("event %+v", ev)
 	}
@@ -184,7 +184,7 @@ func TestV2ProcessPolicyPicksHighestScore(t *testing.T) {
 	cg.Start(t, cg.Child(t, "c/worker", 0), victim)
 	writeAdj(t, victim.Process.Pid, "500")
 	ev := g.sink.wait(t, event.KillProcess, 30*time.Second)
-	exited(t, victim, 10*time.Second)
+	testenv.WaitExit(t, victim, 10*time.Second)
 	if ev.Processes[0].Pid != victim.Process.Pid || ev.ProcCgroup != cg.Path("c/worker") {
 		t.Fatalf("killed %+v in %s, want %d", ev.Processes, ev.ProcCgroup, victim.Process.Pid)
 	}
@@ -221,7 +221,7 @@ func TestV2ExemptProcessIsNeverKilled(t *testing.T) {
 	if ev.Processes[0].Pid != small.Process.Pid {
 		t.Fatalf("killed %+v, want the small process %d", ev.Processes, small.Process.Pid)
 	}
-	exited(t, small, 10*time.Second)
+	testenv.WaitExit(t, small, 10*time.Second)
 	// Once the small one is gone the exempt one reaches the limit; the
 	// kernel's OOM (memory.events oom) finds nothing it may kill.
 	deadline := time.Now().Add(30 * time.Second)
@@ -261,7 +261,7 @@ func TestV2NoopReportsKernelKillFromMemoryEvents(t *testing.T) {
 	if ev.Processes[0].Pid != hog.Process.Pid {
 		t.Fatalf("would kill %+v", ev.Processes)
 	}
-	exited(t, hog, 30*time.Second)
+	testenv.WaitExit(t, hog, 30*time.Second)
 	k := g.sink.wait(t, event.CgroupOOM, 10*time.Second)
 	if k.ProcCgroup != cg.Path("c") || k.OOMCgroup != cg.Path("c") || len(k.Processes) != 1 || k.Processes[0].Pid != hog.Process.Pid {
 		t.Fatalf("kernel kill event %+v", k)
@@ -290,7 +290,7 @@ func TestV2KernelOOMReconciledWithKernelLog(t *testing.T) {
 	g := startV2Guard(t, cg, cfg, reconciled(t, cg))
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, ctr, hog)
-	exited(t, hog, 30*time.Second)
+	testenv.WaitExit(t, hog, 30*time.Second)
 	k := g.sink.wait(t, event.CgroupOOM, 10*time.Second)
 	if k.OOMCgroup != cg.Path("pod") || k.ProcCgroup != cg.Path("pod/ctr") || len(k.Processes) != 1 ||
 		k.Processes[0].Pid != hog.Process.Pid || k.Processes[0].AnonRSSKB == 0 {
@@ -330,7 +330,7 @@ func TestV2PageCacheStandsDown(t *testing.T) {
 	dir := t.TempDir() // ext4 on the VM's disk: real page cache
 	writer := testenv.HogCommand(testenv.HogSpec{Kind: "file", MiB: 160, Dir: dir})
 	cg.Start(t, rel, writer)
-	if ws := exited(t, writer, 120*time.Second); ws.ExitStatus() != 0 {
+	if ws := testenv.WaitExit(t, writer, 120*time.Second); ws.ExitStatus() != 0 {
 		t.Fatalf("writer ended with %v", ws)
 	}
 	for _, ev := range g.sink.all() {
@@ -361,8 +361,8 @@ func TestV2OOMGroup(t *testing.T) {
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		cg.Start(t, rel, hog)
 		ev := g.sink.wait(t, event.KillContainer, 30*time.Second)
-		exited(t, hog, 10*time.Second)
-		exited(t, idle, 10*time.Second)
+		testenv.WaitExit(t, hog, 10*time.Second)
+		testenv.WaitExit(t, idle, 10*time.Second)
 		if ev.Policy != "Process" || len(ev.Processes) != 2 || ev.Processes[0].Pid != hog.Process.Pid ||
 			!strings.Contains(ev.Message, "memory.oom.group is set on "+cg.Path("c")) {
 			t.Fatalf("event %+v", ev)
@@ -382,8 +382,8 @@ func TestV2OOMGroup(t *testing.T) {
 		g := startV2Guard(t, cg, cfg, nil)
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		cg.Start(t, rel, hog)
-		exited(t, hog, 30*time.Second)
-		exited(t, idle, 10*time.Second)
+		testenv.WaitExit(t, hog, 30*time.Second)
+		testenv.WaitExit(t, idle, 10*time.Second)
 		time.Sleep(500 * time.Millisecond) // the guard's last count check
 		local := v2Events(t, cg, rel, "memory.events.local")
 		if local["oom_group_kill"] != 1 {
@@ -421,7 +421,7 @@ func TestV2GlobalOOMIsSystemOOM(t *testing.T) {
 	// The test binary (and the guard in it) must not be the global OOM
 	// killer's choice; the hog forked before this and keeps 0.
 	protect(t)
-	if ws := exited(t, hog, 60*time.Second); ws.Signal() != syscall.SIGKILL {
+	if ws := testenv.WaitExit(t, hog, 60*time.Second); ws.Signal() != syscall.SIGKILL {
 		t.Fatalf("hog ended with %v", ws)
 	}
 	ev := g.sink.wait(t, event.SystemOOM, 10*time.Second)
@@ -481,7 +481,7 @@ func TestV2NewCgroupAndRaisedLimit(t *testing.T) {
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	g.sink.wait(t, event.KillProcess, 30*time.Second)
-	exited(t, hog, 10*time.Second)
+	testenv.WaitExit(t, hog, 10*time.Second)
 
 	raised := cg.Child(t, "raised", 64<<20)
 	time.Sleep(50 * time.Millisecond)

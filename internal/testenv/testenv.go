@@ -178,3 +178,18 @@ func (c *Cgroup) Start(t testing.TB, rel string, cmd *exec.Cmd) {
 		_ = cmd.Wait()
 	})
 }
+
+// WaitExit waits up to d for cmd, started by the test, to end, and returns
+// how it ended; still running after d fails the test.
+func WaitExit(t testing.TB, cmd *exec.Cmd, d time.Duration) syscall.WaitStatus {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return cmd.ProcessState.Sys().(syscall.WaitStatus)
+	case <-time.After(d):
+		t.Fatalf("pid %d still running after %v", cmd.Process.Pid, d)
+	}
+	return 0
+}
