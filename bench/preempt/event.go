@@ -8,7 +8,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
 	"github.com/oom-guard/oom-guard/internal/kmsg"
@@ -59,15 +58,12 @@ func eventLatency(h hierarchy, top string, n int, out io.Writer) error {
 		return err
 	}
 	defer removeTree(h.mount, base)
-	mem, err := cgroup.Open(h.mount.Path(base, ""))
-	if err != nil {
-		return err
-	}
-	parts, err := h.parts(mem, "poll+events")
+	parts, err := h.parts(base, "poll+events")
 	if err != nil {
 		return err
 	}
 	defer parts.close()
+	mem := parts.mem
 	times := &eventTimes{killed: map[int]time.Duration{}, left: map[int]time.Duration{}, events: make(chan int, n)}
 	rec := reconcile.New(reconcile.Config{MemRoot: h.mount.Root, Scope: mem.FS().Root}, times)
 	defer rec.Stop()

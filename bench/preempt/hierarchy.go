@@ -85,20 +85,27 @@ var mechanisms = map[string]func(o *notify.V2Options){
 	"poll+events+psi": func(o *notify.V2Options) { o.Poll, o.Events, o.PSI = true, true, true },
 }
 
-// guardParts are the notifier and killer the guard runs with on mem, the
-// notifier's counter of samples (v2; nil on v1) and what to call once the
-// guard has stopped.
+// guardParts are the hierarchy below one cgroup and the notifier and killer
+// the guard runs with on it, the notifier's counter of samples (v2; nil on
+// v1) and what to call once the guard has stopped.
 type guardParts struct {
+	mem      cgroup.Memory
 	notifier guard.Notifier
 	killer   guard.Killer
 	samples  func() uint64
 	close    func()
 }
 
-func (h hierarchy) parts(mem cgroup.Memory, mechanism string) (guardParts, error) {
+// parts opens the hierarchy below cgroup base for a guard detecting
+// crossings with mechanism.
+func (h hierarchy) parts(base, mechanism string) (guardParts, error) {
+	mem, err := cgroup.Open(h.mount.Path(base, ""))
+	if err != nil {
+		return guardParts{}, err
+	}
 	k := kill.Killer{Mem: mem.FS(), Self: os.Getpid()}
 	if h.version == "v1" {
-		return guardParts{notifier: notify.V1Notifier{FS: mem.FS()}, killer: k, close: func() {}}, nil
+		return guardParts{mem: mem, notifier: notify.V1Notifier{FS: mem.FS()}, killer: k, close: func() {}}, nil
 	}
 	opts := notify.DefaultV2Options()
 	set, ok := mechanisms[mechanism]
@@ -111,5 +118,5 @@ func (h hierarchy) parts(mem cgroup.Memory, mechanism string) (guardParts, error
 		return guardParts{}, err
 	}
 	k.Unified = true
-	return guardParts{notifier: n, killer: k, samples: n.Samples, close: func() { n.Close() }}, nil
+	return guardParts{mem: mem, notifier: n, killer: k, samples: n.Samples, close: func() { n.Close() }}, nil
 }

@@ -207,15 +207,7 @@ func run(h hierarchy, c config, out io.Writer) error {
 		if err := h.mkdir(base); err != nil {
 			return err
 		}
-		mcfg, detector := cfg, mech
-		if m, ok := strings.CutSuffix(mech, "+high"); ok {
-			mcfg.OpenSoftLimit = true // memory.high at the threshold
-			detector = m
-		}
-		mr, f, err := runMechanism(h, base, detector, mcfg, c)
-		for i := range mr {
-			mr[i].mechanism = mech
-		}
+		mr, f, err := runMechanism(h, base, mech, cfg, c)
 		if err != nil {
 			return err
 		}
@@ -237,17 +229,17 @@ func run(h hierarchy, c config, out io.Writer) error {
 }
 
 // runMechanism runs every limit and thread count under one guard with
-// mechanism mech, in cgroups below base.
+// mechanism mech, in cgroups below base. A mechanism ending in "+high" runs
+// with --openSoftLimit, which puts memory.high at the threshold.
 func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([]row, string, error) {
-	mem, err := cgroup.Open(h.mount.Path(base, ""))
-	if err != nil {
-		return nil, "", err
-	}
-	parts, err := h.parts(mem, mech)
+	detector, high := strings.CutSuffix(mech, "+high")
+	cfg.OpenSoftLimit = high
+	parts, err := h.parts(base, detector)
 	if err != nil {
 		return nil, "", err
 	}
 	defer parts.close()
+	mem := parts.mem
 	floor := ""
 	if g, ok := parts.notifier.(interface{ GrowthFloor() float64 }); ok {
 		floor = fmt.Sprintf(", assumed growth at least %.0f MiB/s (measured)", g.GrowthFloor()/(1<<20))
@@ -531,15 +523,12 @@ func idleCostInProcess(h hierarchy, top string, n int, dur time.Duration, out io
 			return err
 		}
 	}
-	mem, err := cgroup.Open(h.mount.Path(base, ""))
-	if err != nil {
-		return err
-	}
-	parts, err := h.parts(mem, "poll+events")
+	parts, err := h.parts(base, "poll+events")
 	if err != nil {
 		return err
 	}
 	defer parts.close()
+	mem := parts.mem
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyNoop
 	g, err := guard.New(cfg, mem, parts.notifier, parts.killer, &collector{killed: map[int]bool{}}, nil)
