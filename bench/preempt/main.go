@@ -15,7 +15,7 @@
 // guarded cgroups.
 //
 //	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000]
-//	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,events+high,poll+events+high,poll+events]
+//	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events,events+high,poll+events+high]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
 // hierarchy and is removed at the end; it kills only the processes it
@@ -77,8 +77,8 @@ func main() {
 	doV2 := flag.Bool("v2", true, "run the cgroup v2 benchmark in the VM (internal/testenv/vm; scripts/vm-kernel)")
 	v2Runs := flag.Int("v2-runs", 20, "v2: runs per mechanism, limit and thread count")
 	v2Limits := flag.String("v2-limits", "64,256", "v2: limits to test, MiB (the VM has 1 GiB)")
-	v2Mechs := flag.String("v2-mechanisms", "events,psi,poll,events+high,poll+events+high,poll+events",
-		"v2: crossing mechanisms to compare, the last being the guard's default; +high: with --openSoftLimit, which puts memory.high at the threshold")
+	v2Mechs := flag.String("v2-mechanisms", "events,psi,poll,poll+events,events+high,poll+events+high",
+		"v2: crossing mechanisms to compare, the last being the guard's default; +high: with the memory.high tripwire at the threshold")
 	v2Timeout := flag.Duration("v2-timeout", 40*time.Minute, "v2: bound on the whole VM run")
 	flag.Parse()
 	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
@@ -230,10 +230,12 @@ func run(h hierarchy, c config, out io.Writer) error {
 
 // runMechanism runs every limit and thread count under one guard with
 // mechanism mech, in cgroups below base. A mechanism ending in "+high" runs
-// with --openSoftLimit, which puts memory.high at the threshold.
+// with the memory.high tripwire (--memory-high-tripwire, the default),
+// which puts memory.high at the threshold; without it the crossing is seen
+// by the named detectors alone.
 func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([]row, string, error) {
 	detector, high := strings.CutSuffix(mech, "+high")
-	cfg.OpenSoftLimit = high
+	cfg.HighTripwire, cfg.OpenSoftLimit = high, false
 	parts, err := h.parts(base, detector)
 	if err != nil {
 		return nil, "", err

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"slices"
 	"strings"
@@ -30,12 +31,7 @@ func (g *Guard) unguard(c *cg) {
 	c.recheckAt, c.oomCheckAt, c.seen = time.Time{}, time.Time{}, nil
 	g.guarded--
 	g.metrics.SetGuarded(g.guarded)
-	if c.softLimitSaved {
-		if err := g.mem.SetSoftLimit(c.rel, c.softLimit); err != nil && !cgroup.IsNotExist(err) {
-			klog.Warningf("cgroup %s: restore soft limit: %v", c.rel, err)
-		}
-		c.softLimitSaved = false
-	}
+	g.restoreSoftLimit(c)
 }
 
 func (g *Guard) watchFd(c *cg, w notify.Watch) bool {
@@ -58,8 +54,11 @@ func (g *Guard) closeWatch(w notify.Watch) {
 	w.Close()
 }
 
+// setSoftLimit puts c's soft limit (v1 memory.soft_limit_in_bytes, v2
+// memory.high) at its threshold: everywhere with --openSoftLimit, and as the
+// v2 tripwire (Config.HighTripwire) where memory.high is not set already.
 func (g *Guard) setSoftLimit(c *cg) {
-	if !g.cfg.OpenSoftLimit {
+	if !g.cfg.OpenSoftLimit && !g.tripwire() {
 		return
 	}
 	if !c.softLimitSaved {
@@ -68,11 +67,68 @@ func (g *Guard) setSoftLimit(c *cg) {
 			g.warnUnlessGone(c, "read soft limit", err)
 			return
 		}
+		if !g.cfg.OpenSoftLimit {
+			if v, err = g.tripwireBefore(c, v); err != nil {
+				klog.V(2).Infof("cgroup %s: %v", c.rel, err)
+				return
+			}
+		}
 		c.softLimit, c.softLimitSaved = v, true
 	}
 	if err := g.mem.SetSoftLimit(c.rel, c.threshold); err != nil {
 		g.warnUnlessGone(c, "set soft limit", err)
 	}
+}
+
+// tripwire says whether the guard puts memory.high at the thresholds of its
+// own accord. Not under noop: a guard that will not act would leave the
+// workload throttled at the threshold instead of merely watched.
+func (g *Guard) tripwire() bool {
+	return g.cfg.HighTripwire && g.cfg.Policy != PolicyNoop && g.mem.Version() == cgroup.VersionV2
+}
+
+// tripwireBefore returns the memory.high to restore when the guard lets go
+// of c, given the value found (high), or an error when memory.high belongs
+// to somebody else and is left alone. A value at or above the limit is no
+// setting at all. One equal to the threshold (as the kernel keeps it, in
+// whole pages) is the tripwire of a guard that died before restoring it.
+// Anything else below the limit was set by the kubelet (MemoryQoS), systemd
+// (MemoryHigh=) or an operator: the kernel counts "high" events there
+// already, which the v2 notifier reacts to as well.
+func (g *Guard) tripwireBefore(c *cg, high uint64) (uint64, error) {
+	switch {
+	case high >= c.armedLimit:
+		return high, nil
+	case high == pageFloor(c.threshold):
+		return cgroup.Unlimited, nil
+	}
+	return 0, fmt.Errorf("memory.high already set at %s, below the limit %s: left as it is, no tripwire", bytesMiB(high), bytesMiB(c.armedLimit))
+}
+
+// restoreSoftLimit puts back the soft limit found before the guard set its
+// own, unless somebody changed it since: theirs is newer than ours.
+func (g *Guard) restoreSoftLimit(c *cg) {
+	if !c.softLimitSaved {
+		return
+	}
+	c.softLimitSaved = false
+	now, err := g.mem.SoftLimit(c.rel)
+	if err == nil && now != pageFloor(c.threshold) && now != c.threshold {
+		klog.V(2).Infof("cgroup %s: soft limit changed to %s by somebody else while guarded; not restoring %s", c.rel, bytesMiB(now), bytesMiB(c.softLimit))
+		return
+	}
+	if err == nil {
+		err = g.mem.SetSoftLimit(c.rel, c.softLimit)
+	}
+	if err != nil && !cgroup.IsNotExist(err) {
+		klog.Warningf("cgroup %s: restore soft limit: %v", c.rel, err)
+	}
+}
+
+// pageFloor is bytes as the kernel keeps a memory limit: in whole pages.
+func pageFloor(bytes uint64) uint64 {
+	page := uint64(os.Getpagesize())
+	return bytes / page * page
 }
 
 func (g *Guard) warnUnlessGone(c *cg, what string, err error) {

@@ -59,9 +59,18 @@ type Config struct {
 	// OpenSoftLimit also sets each guarded cgroup's soft limit at the
 	// threshold, restored when the guard lets go of the cgroup.
 	OpenSoftLimit bool
-	WalkInterval  time.Duration
-	InotifyReset  time.Duration
-	Hostname      string
+	// HighTripwire, on cgroup v2 under a killing policy, puts memory.high
+	// at the threshold of each guarded cgroup whose memory.high is unset,
+	// restored when the guard lets go. v2 has no usage-threshold eventfd:
+	// without it the crossing is seen only by sampling memory.current,
+	// which a guard thread held off its CPU for a millisecond misses. With
+	// it the allocating task itself, at the crossing, counts a "high"
+	// event (waking the guard at once) and reclaims and is throttled in
+	// its own context until the guard has acted.
+	HighTripwire bool
+	WalkInterval time.Duration
+	InotifyReset time.Duration
+	Hostname     string
 	// PrepareAhead: when usage comes within this much (or the margin, if
 	// larger) of the threshold, the guard does the slow part of a kill
 	// ahead of need: reads memory.stat, scores the processes and opens the
@@ -85,7 +94,7 @@ func DefaultConfig() Config {
 		ReclaimBudget: 100 * time.Millisecond,
 		WalkInterval:  277 * time.Second, InotifyReset: 701 * time.Second,
 		PrepareAhead: 16 << 20, PrepareMaxAge: time.Second,
-		RealtimePriority: 1,
+		RealtimePriority: 1, HighTripwire: true,
 	}
 }
 

@@ -1,8 +1,11 @@
 package guard
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
 )
 
 func TestThreshold(t *testing.T) {
@@ -88,5 +91,40 @@ func TestValidate(t *testing.T) {
 	}
 	if PolicyContainer.Title() != "Container" {
 		t.Fatal(PolicyContainer.Title())
+	}
+}
+
+// The tripwire takes memory.high only where it is unset (at or above the
+// limit) or still holds the tripwire of a guard that died; any other value
+// is somebody else's and stays.
+func TestTripwireBefore(t *testing.T) {
+	const limit = 100 << 20
+	threshold := DefaultConfig().Threshold(limit) // not a whole number of pages
+	g := &Guard{}
+	c := &cg{rel: "pod/ctr", armedLimit: limit, threshold: threshold}
+	for _, tc := range []struct {
+		name    string
+		high    uint64
+		restore uint64
+		foreign bool
+	}{
+		{"unset", cgroup.Unlimited, cgroup.Unlimited, false},
+		{"at the limit", limit, limit, false},
+		{"above the limit", 2 * limit, 2 * limit, false},
+		{"a dead guard's tripwire", pageFloor(threshold), cgroup.Unlimited, false},
+		{"kubelet MemoryQoS, 0.9 of the limit", limit / 10 * 9, 0, true},
+		{"between threshold and limit", limit - 4096, 0, true},
+		{"a page under a dead guard's", pageFloor(threshold) - 4096, 0, true},
+	} {
+		restore, err := g.tripwireBefore(c, tc.high)
+		if tc.foreign {
+			if err == nil || !strings.Contains(err.Error(), "left as it is") {
+				t.Errorf("%s: memory.high %d taken (restore %d, err %v); want it left alone", tc.name, tc.high, restore, err)
+			}
+			continue
+		}
+		if err != nil || restore != tc.restore {
+			t.Errorf("%s: memory.high %d: restore %d, %v; want %d", tc.name, tc.high, restore, err, tc.restore)
+		}
 	}
 }

@@ -32,9 +32,10 @@ import (
 // MinInterval nor less often than MaxInterval. An idle cgroup far below its
 // limit is sampled a few times a second; one whose usage climbs towards
 // its threshold is sampled ever more often as it nears it. The kernel's own
-// events remain as triggers for an immediate sample: "max" (and "high", as
-// where --openSoftLimit puts memory.high at the threshold, where it marks
-// the crossing exactly), and a PSI trigger where enabled.
+// events remain as triggers for an immediate sample: "max" (and "high",
+// where the guard's tripwire or --openSoftLimit puts memory.high at the
+// threshold, where it marks the crossing exactly and holds the allocator
+// in reclaim until the guard acts), and a PSI trigger where enabled.
 //
 // All of it is one epoll set (the Sampler's fd) in the guard's loop: one
 // timerfd set to the earliest due sample, and each cgroup's
