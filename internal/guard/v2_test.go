@@ -259,9 +259,7 @@ func TestV2ExemptProcessIsNeverKilled(t *testing.T) {
 func TestV2NoopReportsKernelKillFromMemoryEvents(t *testing.T) {
 	cg := newV2Cgroup(t)
 	rel := cg.Child(t, "c", 64<<20)
-	cfg := testConfig()
-	cfg.Policy = guard.PolicyNoop
-	g := startV2Guard(t, cg, cfg, nil)
+	g := startV2Guard(t, cg, noopSeeingConfig(), nil)
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	ev := g.sink.wait(t, event.WouldKill, 30*time.Second)
@@ -280,6 +278,19 @@ func TestV2NoopReportsKernelKillFromMemoryEvents(t *testing.T) {
 	if n := len(filter(g.sink.all(), event.CgroupOOM)); n != 1 {
 		t.Fatalf("%d CgroupOOM events for one kill", n)
 	}
+}
+
+// noopSeeingConfig is the noop policy with memory.high at the threshold
+// (--openSoftLimit), for the tests in which the guard must see a fast hog
+// before the kernel kills it: without the kernel log it can name only the
+// processes it has seen. By sampling alone a hog that fills 64 MiB while the
+// VM stalls the guard's CPU for a few ms is never seen (about a run in 30
+// here); memory.high holds it at the threshold, in reclaim, until the guard
+// has looked, and then lets it on to the limit.
+func noopSeeingConfig() guard.Config {
+	cfg := testConfig()
+	cfg.Policy, cfg.OpenSoftLimit = guard.PolicyNoop, true
+	return cfg
 }
 
 // The pod's limit is hit and the kernel kills in its container: the
@@ -384,15 +395,7 @@ func TestV2OOMGroup(t *testing.T) {
 		cg.Write(t, rel, "memory.oom.group", "1")
 		idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
 		cg.Start(t, rel, idle)
-		cfg := testConfig()
-		cfg.Policy = guard.PolicyNoop
-		// Without the kernel log the guard can name only processes it
-		// has seen, which it looks for as usage nears the threshold. A
-		// hog that fills 64 MiB while the VM stalls the guard's CPU for
-		// a few ms is never seen (1 run in 7): memory.high at the
-		// threshold holds it there in reclaim until the guard has looked.
-		cfg.OpenSoftLimit = true
-		g := startV2Guard(t, cg, cfg, nil)
+		g := startV2Guard(t, cg, noopSeeingConfig(), nil)
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		cg.Start(t, rel, hog)
 		testenv.WaitExit(t, hog, 30*time.Second)
@@ -447,6 +450,30 @@ func TestV2GlobalOOMIsSystemOOM(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if n := len(filter(g.sink.all(), event.CgroupOOM)); n != 0 {
 		t.Fatalf("%d CgroupOOM events for a global OOM: %+v", n, g.sink.all())
+	}
+	// The global kill moved the cgroup's oom_kill without a cgroup OOM;
+	// the guard counts it at the cgroup's next own OOM, and it must not
+	// come back then as a second CgroupOOM.
+	cg.SetLimit(t, rel, 64<<20)
+	// The global OOM is over: the next hog must not inherit -1000.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("0"), 0); err != nil {
+		t.Fatal(err)
+	}
+	second := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, second)
+	if ws := testenv.WaitExit(t, second, 60*time.Second); ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("second hog ended with %v", ws)
+	}
+	own := g.sink.wait(t, event.CgroupOOM, 10*time.Second)
+	if len(own.Processes) != 1 || own.Processes[0].Pid != second.Process.Pid {
+		t.Fatalf("event %+v", own)
+	}
+	time.Sleep(time.Second) // the guard's last count check and the reconciler's window
+	if e := v2Events(t, cg, rel, "memory.events"); e["oom_kill"] != 2 || e["oom"] == 0 {
+		t.Fatalf("memory.events %v: want two kills counted, a cgroup OOM", e)
+	}
+	if kills := filter(g.sink.all(), event.CgroupOOM); len(kills) != 1 {
+		t.Fatalf("%d CgroupOOM events for one cgroup OOM after a global one: %+v", len(kills), kills)
 	}
 }
 

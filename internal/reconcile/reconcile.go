@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,7 +79,19 @@ type Reconciler struct {
 	// Owned by the run goroutine.
 	waitingEvents []waiting
 	waitingKills  []waiting
+	// globalKills holds, per victim cgroup (absolute path), the pids of
+	// the system OOM kills the kernel log reported there. The kernel
+	// charges such a kill to the victim cgroup's oom_kill counter as well,
+	// without an OOM of that cgroup, so the guard counts it only at the
+	// cgroup's next own OOM: one kill too many, which no kernel-log record
+	// matches.
+	globalKills map[string][]int
 }
+
+// maxGlobalKillCgroups bounds globalKills: past it, a system OOM kill in a
+// further cgroup may be reported once more, as a CgroupOOM, when that
+// cgroup next runs out of memory itself.
+const maxGlobalKillCgroups = 4096
 
 type input struct {
 	ev   *event.Event
@@ -98,7 +111,8 @@ func New(cfg Config, next Sink) *Reconciler {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1024
 	}
-	r := &Reconciler{cfg: cfg, next: next, in: make(chan input, cfg.QueueSize), stop: make(chan struct{}), done: make(chan struct{})}
+	r := &Reconciler{cfg: cfg, next: next, in: make(chan input, cfg.QueueSize), stop: make(chan struct{}), done: make(chan struct{}),
+		globalKills: map[string][]int{}}
 	go r.run()
 	return r
 }
@@ -198,6 +212,9 @@ func (r *Reconciler) expire(now time.Time) {
 			keep = append(keep, w)
 			continue
 		}
+		if r.countedGlobalKill(w.ev) {
+			continue
+		}
 		r.out(*w.ev)
 	}
 	r.waitingEvents = keep
@@ -213,9 +230,53 @@ func (r *Reconciler) expire(now time.Time) {
 			klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in an unnamed cgroup, matched by no counter: not reported", k.Pid, k.Comm)
 			continue
 		}
+		r.noteGlobalKill(w.kill)
 		r.out(r.fromKernel(*w.kill))
 	}
 	r.waitingKills = keepK
+}
+
+// noteGlobalKill remembers a system OOM kill in a guarded cgroup, which that
+// cgroup's kill counter will report again (globalKills).
+func (r *Reconciler) noteGlobalKill(k *kmsg.Kill) {
+	if !k.Global || k.TaskMemcg == "" {
+		return
+	}
+	cg := r.abs(k.TaskMemcg)
+	if !r.inScope(cg) {
+		return
+	}
+	if _, ok := r.globalKills[cg]; !ok && len(r.globalKills) >= maxGlobalKillCgroups {
+		klog.Warningf("system OOM kill of pid %d in %s: already %d cgroups with such kills pending; its cgroup counter may report it again", k.Pid, cg, len(r.globalKills))
+		return
+	}
+	r.globalKills[cg] = append(r.globalKills[cg], k.Pid)
+}
+
+// countedGlobalKill tells whether a counter event that no kernel-log record
+// matched is a system OOM kill reported before (globalKills), and forgets
+// that kill. An event naming another process is a kill of its own; one
+// naming no process is taken for the oldest such kill.
+func (r *Reconciler) countedGlobalKill(ev *event.Event) bool {
+	pids := r.globalKills[ev.ProcCgroup]
+	i := -1
+	switch {
+	case len(pids) == 0:
+	case len(ev.Processes) == 0 || ev.Processes[0].Pid <= 0:
+		i = 0
+	default:
+		i = slices.Index(pids, ev.Processes[0].Pid)
+	}
+	if i < 0 {
+		return false
+	}
+	klog.V(2).Infof("cgroup %s: a kill its counter reported matches no kernel-log record: the system OOM kill of pid %d reported there before, counted by the cgroup too; not reported again", ev.ProcCgroup, pids[i])
+	if pids = slices.Delete(pids, i, i+1); len(pids) == 0 {
+		delete(r.globalKills, ev.ProcCgroup)
+	} else {
+		r.globalKills[ev.ProcCgroup] = pids
+	}
+	return true
 }
 
 // abs turns a cgroup path from the kernel log into an absolute path.

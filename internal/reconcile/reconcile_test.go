@@ -243,3 +243,53 @@ func TestSendNeverBlocks(t *testing.T) {
 type stuckSink chan struct{}
 
 func (s stuckSink) Send(event.Event) { <-s }
+
+// A system OOM kill is charged to the victim cgroup's kill counter too,
+// without an OOM of that cgroup, so the guard counts it only at the
+// cgroup's next own OOM, one kill too many: that extra counter kill, which
+// no kernel-log record matches, is the system OOM kill already reported.
+func TestSystemOOMKillCountedAgainLater(t *testing.T) {
+	k := realKill(t)
+	global := k
+	global.Global, global.Memcg, global.OOMMemcg, global.Reason = true, false, "", "Out of memory"
+	global.Pid = k.Pid + 1
+	for _, tc := range []struct {
+		name        string
+		globalNamed bool // the guard saw the system OOM's victim go
+		logged      bool // the cgroup OOM's own kernel-log record came
+	}{
+		{"own kill logged", false, true},
+		{"own kill's record lost", false, false},
+		{"system OOM's victim named, own kill logged", true, true},
+		{"system OOM's victim named, own kill's record lost", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, out := newTest(t, Config{Scope: memRoot + k.TaskMemcg})
+			r.Kernel(global)
+			if ev := waitN(t, out, 1)[0]; ev.Reason != event.SystemOOM {
+				t.Fatalf("%+v", ev)
+			}
+			// The cgroup's own OOM later: its counter moved by two.
+			extra := 0
+			if tc.globalNamed {
+				extra = global.Pid
+			}
+			r.Send(counterEvent(k, k.Pid))
+			r.Send(counterEvent(k, extra))
+			if tc.logged {
+				r.Kernel(k)
+			}
+			evs := waitN(t, out, 2)
+			if ev := evs[1]; ev.Reason != event.CgroupOOM || len(ev.Processes) != 1 || ev.Processes[0].Pid != k.Pid {
+				t.Fatalf("%+v", ev)
+			}
+			// Only once: more counter kills there are kills of their own.
+			r.Send(counterEvent(k, 4242))
+			r.Send(counterEvent(k, 0))
+			evs = waitN(t, out, 4)
+			if evs[2].Processes[0].Pid != 4242 || len(evs[3].Processes) != 0 || evs[3].Reason != event.CgroupOOM {
+				t.Fatalf("%+v", evs[2:])
+			}
+		})
+	}
+}
