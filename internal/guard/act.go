@@ -61,23 +61,33 @@ func (g *Guard) setSoftLimit(c *cg) {
 	if !g.cfg.OpenSoftLimit && !g.tripwire() {
 		return
 	}
-	if !c.softLimitSaved {
-		v, err := g.mem.SoftLimit(c.rel)
-		if err != nil {
-			g.warnUnlessGone(c, "read soft limit", err)
+	v, err := g.mem.SoftLimit(c.rel)
+	if err != nil {
+		g.warnUnlessGone(c, "read soft limit", err)
+		return
+	}
+	switch {
+	case !c.softLimitSaved && !g.cfg.OpenSoftLimit:
+		if v, err = g.tripwireBefore(c, v); err != nil {
+			klog.V(2).Infof("cgroup %s: %v", c.rel, err)
 			return
 		}
-		if !g.cfg.OpenSoftLimit {
-			if v, err = g.tripwireBefore(c, v); err != nil {
-				klog.V(2).Infof("cgroup %s: %v", c.rel, err)
-				return
-			}
-		}
+	case c.softLimitSaved && v != c.softLimitSet && !g.cfg.OpenSoftLimit:
+		// Somebody set memory.high since the guard did (the kubelet,
+		// an operator): theirs now, the guard's to neither move nor
+		// restore.
+		klog.V(2).Infof("cgroup %s: memory.high changed to %s by somebody else: left as it is, no tripwire", c.rel, bytesMiB(v))
+		c.softLimitSaved = false
+		return
+	}
+	if !c.softLimitSaved {
 		c.softLimit, c.softLimitSaved = v, true
 	}
 	if err := g.mem.SetSoftLimit(c.rel, c.threshold); err != nil {
 		g.warnUnlessGone(c, "set soft limit", err)
+		return
 	}
+	c.softLimitSet = pageFloor(c.threshold)
 }
 
 // tripwire says whether the guard puts memory.high at the thresholds of its
@@ -113,7 +123,7 @@ func (g *Guard) restoreSoftLimit(c *cg) {
 	}
 	c.softLimitSaved = false
 	now, err := g.mem.SoftLimit(c.rel)
-	if err == nil && now != pageFloor(c.threshold) && now != c.threshold {
+	if err == nil && now != c.softLimitSet {
 		klog.V(2).Infof("cgroup %s: soft limit changed to %s by somebody else while guarded; not restoring %s", c.rel, bytesMiB(now), bytesMiB(c.softLimit))
 		return
 	}

@@ -39,6 +39,7 @@ type cg struct {
 
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool
+	softLimitSet   uint64 // the guard's own, as the kernel keeps it (whole pages)
 
 	registering bool        // a registration of its notifications is under way
 	killingRest atomic.Bool // the rest of its victim's container is being killed, off the loop

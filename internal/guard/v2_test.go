@@ -496,23 +496,29 @@ func protect(t *testing.T) {
 // --openSoftLimit put it at the threshold while the cgroup is guarded and
 // restore it when the guard stops, unless it was changed meanwhile.
 func TestV2MemoryHighOwnership(t *testing.T) {
-	const limit = 100 << 20
+	const limit, raised = 100 << 20, 120 << 20
 	threshold := pageFloor(testConfig().Threshold(limit))
+	moved := pageFloor(testConfig().Threshold(raised))
 	for _, tc := range []struct {
-		name          string
-		cfg           func(*guard.Config)
-		before        uint64 // memory.high before the guard starts
-		changeTo      uint64 // if set, written while guarded
-		guarded, left uint64 // memory.high while guarded, after the stop
+		name       string
+		cfg        func(*guard.Config)
+		before     uint64 // memory.high before the guard starts
+		changeTo   uint64 // if set, written while guarded
+		guarded    uint64 // memory.high while guarded (after changeTo)
+		raise      bool   // then the limit is raised to 120 MiB
+		afterRaise uint64
+		left       uint64 // memory.high after the stop
 	}{
-		{"tripwire", nil, cgroup.Unlimited, 0, threshold, cgroup.Unlimited},
-		{"tripwire off", func(c *guard.Config) { c.HighTripwire = false }, cgroup.Unlimited, 0, cgroup.Unlimited, cgroup.Unlimited},
-		{"noop", func(c *guard.Config) { c.Policy = guard.PolicyNoop }, cgroup.Unlimited, 0, cgroup.Unlimited, cgroup.Unlimited},
-		{"openSoftLimit under noop", func(c *guard.Config) { c.Policy, c.OpenSoftLimit = guard.PolicyNoop, true }, cgroup.Unlimited, 0, threshold, cgroup.Unlimited},
-		{"set by somebody else", nil, 80 << 20, 0, 80 << 20, 80 << 20},
-		{"openSoftLimit over somebody else's", func(c *guard.Config) { c.OpenSoftLimit = true }, 80 << 20, 0, threshold, 80 << 20},
-		{"left by a guard that died", nil, threshold, 0, threshold, cgroup.Unlimited},
-		{"changed while guarded", nil, cgroup.Unlimited, 90 << 20, threshold, 90 << 20},
+		{"tripwire", nil, cgroup.Unlimited, 0, threshold, false, 0, cgroup.Unlimited},
+		{"tripwire off", func(c *guard.Config) { c.HighTripwire = false }, cgroup.Unlimited, 0, cgroup.Unlimited, false, 0, cgroup.Unlimited},
+		{"noop", func(c *guard.Config) { c.Policy = guard.PolicyNoop }, cgroup.Unlimited, 0, cgroup.Unlimited, false, 0, cgroup.Unlimited},
+		{"openSoftLimit under noop", func(c *guard.Config) { c.Policy, c.OpenSoftLimit = guard.PolicyNoop, true }, cgroup.Unlimited, 0, threshold, false, 0, cgroup.Unlimited},
+		{"set by somebody else", nil, 80 << 20, 0, 80 << 20, false, 0, 80 << 20},
+		{"openSoftLimit over somebody else's", func(c *guard.Config) { c.OpenSoftLimit = true }, 80 << 20, 0, threshold, false, 0, 80 << 20},
+		{"left by a guard that died", nil, threshold, 0, threshold, false, 0, cgroup.Unlimited},
+		{"changed while guarded", nil, cgroup.Unlimited, 90 << 20, 90 << 20, false, 0, 90 << 20},
+		{"moves with the limit", nil, cgroup.Unlimited, 0, threshold, true, moved, cgroup.Unlimited},
+		{"changed, then the limit moves", nil, cgroup.Unlimited, 90 << 20, 90 << 20, true, 90 << 20, 90 << 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cg := newV2Cgroup(t)
@@ -527,14 +533,23 @@ func TestV2MemoryHighOwnership(t *testing.T) {
 			}
 			g := startV2Guard(t, cg, cfg, nil)
 			// The guard writes memory.high just after it counts the
-			// cgroup as guarded: give it time to, and to not.
-			time.Sleep(200 * time.Millisecond)
-			if high, err := root.SoftLimit(rel); err != nil || high != tc.guarded {
-				t.Fatalf("memory.high %d, %v while guarded; want %d", high, err, tc.guarded)
-			}
+			// cgroup as guarded, and after it sees a new limit: give it
+			// time to, and to not.
+			settle := func() { time.Sleep(200 * time.Millisecond) }
+			settle()
 			if tc.changeTo != 0 {
 				if err := root.SetSoftLimit(rel, tc.changeTo); err != nil {
 					t.Fatal(err)
+				}
+			}
+			if high, err := root.SoftLimit(rel); err != nil || high != tc.guarded {
+				t.Fatalf("memory.high %d, %v while guarded; want %d", high, err, tc.guarded)
+			}
+			if tc.raise {
+				cg.SetLimit(t, rel, raised)
+				settle()
+				if high, err := root.SoftLimit(rel); err != nil || high != tc.afterRaise {
+					t.Fatalf("memory.high %d, %v after the limit moved; want %d", high, err, tc.afterRaise)
 				}
 			}
 			g.stop()
