@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -60,7 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var walkSec, resetSec, guardMs, recheckMs, reclaimMs int
 	var minMiB, maxMiB float64
 	var policy string
-	fs.StringVar(&o.root, "root", "", "memory cgroup hierarchy (or sub-tree) to guard; default: this host's memory controller mount")
+	fs.StringVar(&o.root, "root", "", "memory cgroup hierarchy (or sub-tree) to guard; a path relative to the memory controller's mount, or several, comma-separated, of which the first that exists (kubepods,kubepods.slice: the kubelet's pods on any node); default: this host's memory controller mount")
 	fs.IntVar(&walkSec, "walkIntervalSeconds", 277, "full re-walk of the hierarchy every this many seconds (a safety net behind inotify)")
 	fs.IntVar(&resetSec, "inotifyResetSeconds", 701, "re-create the inotify watches from scratch this often")
 	fs.IntVar(&o.port, "port", 0, "HTTP port for /healthz and /metrics; 0 disables it")
@@ -143,6 +144,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		if o.root, err = cgroup.DefaultMemoryRoot(); err != nil {
 			return nil, usageErr("--root not given and %v", err)
 		}
+	} else if o.root, err = resolveRoot(o.root, cgroup.DefaultMemoryRoot, isDir); err != nil {
+		return nil, usageErr("--root: %v", err)
 	}
 	if o.guard.Hostname == "" {
 		o.guard.Hostname = os.Getenv("NODE_NAME")
@@ -155,4 +158,42 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		o.root = "/"
 	}
 	return o, nil
+}
+
+// resolveRoot reads --root: one path or several, comma-separated, each
+// absolute or relative to the memory controller's mount (mount). Of several,
+// the first that is a directory wins, so that one manifest serves every
+// node: the kubelet's pods are under kubepods (cgroupfs driver) or
+// kubepods.slice (systemd driver), below /sys/fs/cgroup/memory on v1 and
+// /sys/fs/cgroup on v2. One path is taken as it is, for cgroup.Open to
+// check.
+func resolveRoot(spec string, mount func() (string, error), isDir func(string) bool) (string, error) {
+	var paths []string
+	for _, p := range strings.Split(spec, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			return "", fmt.Errorf("empty path in %q", spec)
+		}
+		if !filepath.IsAbs(p) {
+			m, err := mount()
+			if err != nil {
+				return "", fmt.Errorf("%s is relative to the memory controller's mount: %w", p, err)
+			}
+			p = filepath.Join(m, p)
+		}
+		paths = append(paths, p)
+	}
+	if len(paths) == 1 {
+		return paths[0], nil
+	}
+	for _, p := range paths {
+		if isDir(p) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("none of %s exists", strings.Join(paths, ", "))
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +101,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{[]string{"stray"}, "unexpected argument"},
 		{[]string{"--root=" + notCgroup}, "not a cgroup"},
 		{[]string{"--root=/nonexistent/oom-guard"}, "no such file"},
+		{[]string{"--root=/nonexistent/oom-guard,/nonexistent/oom-guard.slice"}, "none of /nonexistent/oom-guard, /nonexistent/oom-guard.slice exists"},
 		{[]string{"--root=/proc"}, "not a cgroup"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -599,4 +602,43 @@ func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
 		t.Errorf("%d threads at nice -20, want the decision loop's alone", n)
 	}
 	d.stop(t) // out of the cpu cgroup before it is removed
+}
+
+// --root may name the kubelet's pods on any node: relative paths join the
+// memory controller's mount, and of several the first that exists wins.
+func TestResolveRoot(t *testing.T) {
+	v1 := func() (string, error) { return "/sys/fs/cgroup/memory", nil }
+	v2 := func() (string, error) { return "/sys/fs/cgroup", nil }
+	none := func() (string, error) { return "", errors.New("no mounted memory cgroup controller") }
+	dirs := func(ds ...string) func(string) bool {
+		return func(p string) bool { return slices.Contains(ds, p) }
+	}
+	for _, tc := range []struct {
+		name, spec string
+		mount      func() (string, error)
+		isDir      func(string) bool
+		want, err  string
+	}{
+		{"absolute, as it is", "/sys/fs/cgroup/memory/kubepods", none, dirs(), "/sys/fs/cgroup/memory/kubepods", ""},
+		{"relative, v1", "kubepods", v1, dirs(), "/sys/fs/cgroup/memory/kubepods", ""},
+		{"v1, cgroupfs driver", "kubepods,kubepods.slice", v1, dirs("/sys/fs/cgroup/memory/kubepods"), "/sys/fs/cgroup/memory/kubepods", ""},
+		{"v1, systemd driver", "kubepods,kubepods.slice", v1, dirs("/sys/fs/cgroup/memory/kubepods.slice"), "/sys/fs/cgroup/memory/kubepods.slice", ""},
+		{"v2, cgroupfs driver", "kubepods,kubepods.slice", v2, dirs("/sys/fs/cgroup/kubepods"), "/sys/fs/cgroup/kubepods", ""},
+		{"v2, systemd driver", "kubepods, kubepods.slice", v2, dirs("/sys/fs/cgroup/kubepods.slice"), "/sys/fs/cgroup/kubepods.slice", ""},
+		{"first that exists", "/a,/b,/c", none, dirs("/b", "/c"), "/b", ""},
+		{"none exists", "kubepods,kubepods.slice", v2, dirs(), "", "none of /sys/fs/cgroup/kubepods, /sys/fs/cgroup/kubepods.slice exists"},
+		{"relative without a memory controller", "kubepods", none, dirs(), "", "relative to the memory controller's mount: no mounted memory cgroup controller"},
+		{"empty entry", "kubepods,", v1, dirs(), "", "empty path"},
+	} {
+		got, err := resolveRoot(tc.spec, tc.mount, tc.isDir)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %q -> %q, %v; want error %q", tc.name, tc.spec, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %q -> %q, %v; want %q", tc.name, tc.spec, got, err, tc.want)
+		}
+	}
 }
