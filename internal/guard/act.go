@@ -56,7 +56,7 @@ func (g *Guard) closeWatch(w notify.Watch) {
 
 // setSoftLimit puts c's soft limit (v1 memory.soft_limit_in_bytes, v2
 // memory.high) at its threshold: everywhere with --openSoftLimit, and as the
-// v2 tripwire (Config.HighTripwire) where memory.high is not set already.
+// v2 tripwire (Config.HighTripwire) where memory.high is not somebody else's.
 func (g *Guard) setSoftLimit(c *cg) {
 	if !g.cfg.OpenSoftLimit && !g.tripwire() {
 		return
@@ -66,19 +66,12 @@ func (g *Guard) setSoftLimit(c *cg) {
 		g.warnUnlessGone(c, "read soft limit", err)
 		return
 	}
-	switch {
-	case !c.softLimitSaved && !g.cfg.OpenSoftLimit:
+	if !g.cfg.OpenSoftLimit {
 		if v, err = g.tripwireBefore(c, v); err != nil {
 			klog.V(2).Infof("cgroup %s: %v", c.rel, err)
+			c.softLimitSaved = false
 			return
 		}
-	case c.softLimitSaved && v != c.softLimitSet && !g.cfg.OpenSoftLimit:
-		// Somebody set memory.high since the guard did (the kubelet,
-		// an operator): theirs now, the guard's to neither move nor
-		// restore.
-		klog.V(2).Infof("cgroup %s: memory.high changed to %s by somebody else: left as it is, no tripwire", c.rel, bytesMiB(v))
-		c.softLimitSaved = false
-		return
 	}
 	if !c.softLimitSaved {
 		c.softLimit, c.softLimitSaved = v, true
@@ -99,14 +92,19 @@ func (g *Guard) tripwire() bool {
 
 // tripwireBefore returns the memory.high to restore when the guard lets go
 // of c, given the value found (high), or an error when memory.high belongs
-// to somebody else and is left alone. A value at or above the limit is no
-// setting at all. One equal to the threshold (as the kernel keeps it, in
-// whole pages) is the tripwire of a guard that died before restoring it.
-// Anything else below the limit was set by the kubelet (MemoryQoS), systemd
-// (MemoryHigh=) or an operator: the kernel counts "high" events there
-// already, which the v2 notifier reacts to as well.
+// to somebody else and is left alone. Once the guard has set it, it is the
+// guard's while it still holds what the guard wrote. Before, a value at or
+// above the limit is no setting at all, and one equal to the threshold (as
+// the kernel keeps it, in whole pages) is the tripwire of a guard that died
+// before restoring it. Anything else below the limit was set by the kubelet
+// (MemoryQoS), systemd (MemoryHigh=) or an operator: the kernel counts
+// "high" events there already, which the v2 notifier reacts to as well.
 func (g *Guard) tripwireBefore(c *cg, high uint64) (uint64, error) {
 	switch {
+	case c.softLimitSaved && high == c.softLimitSet:
+		return c.softLimit, nil
+	case c.softLimitSaved:
+		return 0, fmt.Errorf("memory.high changed to %s by somebody else: left as it is, no tripwire", bytesMiB(high))
 	case high >= c.armedLimit:
 		return high, nil
 	case high == pageFloor(c.threshold):
