@@ -239,15 +239,7 @@ func (d *daemon) stop(t *testing.T) int {
 
 func kernelOOMKills(t *testing.T, rel string) uint64 {
 	t.Helper()
-	mem, err := cgroup.Open(testenv.V1MemoryRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := mem.OOMKills(rel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testenv.KernelOOMKills(t, rel)
 }
 
 func freePort(t *testing.T) int {

@@ -16,9 +16,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/kernel"
 )
 
 // FS is a cgroup hierarchy (or a sub-tree of one) rooted at Root. Cgroups are
@@ -57,7 +58,8 @@ func (fs *FS) Path(rel, file string) string {
 
 // open opens a file beneath the root. openat2 refuses symlinks and ".." that
 // would resolve outside; where openat2 is missing (kernels before 5.6) the
-// lexical check in Clean is the guard.
+// lexical check in Clean and a check that what was opened is on a cgroup
+// file system are the guard (openChecked).
 func (fs *FS) open(rel, file string, flags int) (*os.File, error) {
 	rel, err := Clean(rel)
 	if err != nil {
@@ -78,11 +80,9 @@ func (fs *FS) open(rel, file string, flags int) (*os.File, error) {
 	return os.NewFile(uintptr(fd), full), nil
 }
 
-var openat2Missing atomic.Bool
-
 func (fs *FS) openBeneath(name string, flags int) (int, error) {
 	flags |= unix.O_CLOEXEC
-	if !openat2Missing.Load() {
+	if kernel.HasOpenat2() {
 		fs.rootOnce.Do(func() {
 			fs.rootFd, fs.rootErr = unix.Open(fs.Root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		})
@@ -100,16 +100,55 @@ func (fs *FS) openBeneath(name string, flags int) (int, error) {
 			if err != unix.ENOSYS {
 				return fd, err
 			}
-			openat2Missing.Store(true)
+			kernel.MarkMissing(kernel.Openat2)
 			break
 		}
 	}
+	return openChecked(filepath.Join(fs.Root, name), flags)
+}
+
+// openChecked is the open for kernels without openat2 (before 5.6): a
+// plain open(2) of a path already checked lexically (Clean: no "..", no
+// "/" in a file name), then fstatfs on what was opened: it must be on a
+// cgroup file system (v1 or v2), as opencontainers/cgroups checks its
+// files. A symlink, a bind mount or anything else that would lead the
+// guard out of the cgroup hierarchy ends on another file system and is
+// refused with EXDEV, as openat2's RESOLVE_BENEATH refuses an escape.
+// Cgroup file systems have no symlinks of their own, so the only way out
+// is through something mounted or linked from outside, which this catches.
+func openChecked(path string, flags int) (int, error) {
 	for {
-		fd, err := unix.Open(filepath.Join(fs.Root, name), flags, 0)
-		if err != unix.EINTR {
+		fd, err := unix.Open(path, flags, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
 			return fd, err
 		}
+		if err := onCgroupFS(fd); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		return fd, nil
 	}
+}
+
+func onCgroupFS(fd int) error {
+	var st unix.Statfs_t
+	for {
+		err := unix.Fstatfs(fd, &st)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		break
+	}
+	if st.Type != unix.CGROUP_SUPER_MAGIC && st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return unix.EXDEV
+	}
+	return nil
 }
 
 // Open opens a cgroup file for reading. The caller closes it.

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/kernel"
 )
 
 // Version is the cgroup hierarchy's version.
@@ -127,7 +130,12 @@ func readStat(fs *FS, rel string, inactive, active string) (Stat, error) {
 }
 
 // V1 is a cgroup v1 memory hierarchy.
-type V1 struct{ fs *FS }
+type V1 struct {
+	fs           *FS
+	noForceEmpty atomic.Bool // the kernel refuses force_empty on cgroups with tasks (3.8-3.15)
+	// writeBounded is fs.WriteBounded; tests put a refusing kernel in its place.
+	writeBounded func(rel, file, data string, budget time.Duration) error
+}
 
 func (m *V1) Version() Version  { return VersionV1 }
 func (m *V1) FS() *FS           { return m.fs }
@@ -149,10 +157,35 @@ func (m *V1) Stat(rel string) (Stat, error) {
 }
 
 // OOMKills reads oom_kill from memory.oom_control (kernel 4.13+). It is
-// local to the cgroup: the victim's own memcg, not its ancestors.
+// local to the cgroup: the victim's own memcg, not its ancestors. A kernel
+// before 4.13 has no such counter: ErrNoOOMKillCounter, and the guard
+// counts the kernel's kills another way (see internal/guard).
 func (m *V1) OOMKills(rel string) (uint64, error) {
+	if !kernel.HasOOMKillCounter(m.fs.Root) {
+		return 0, ErrNoOOMKillCounter
+	}
 	c, err := m.OOMControl(rel)
-	return c["oom_kill"], err
+	if err != nil {
+		return 0, err
+	}
+	n, ok := c["oom_kill"]
+	if !ok {
+		return 0, ErrNoOOMKillCounter
+	}
+	return n, nil
+}
+
+// ErrNoOOMKillCounter means the kernel does not count OOM kills per
+// cgroup (v1 before 4.13: memory.oom_control has only oom_kill_disable and
+// under_oom).
+var ErrNoOOMKillCounter = errors.New("no oom_kill counter in memory.oom_control (kernel before 4.13)")
+
+// UnderOOM reads under_oom from memory.oom_control (every kernel): 1 while
+// the cgroup is at its limit and the kernel's OOM handling for it is under
+// way (or, with oom_kill_disable, its tasks wait).
+func (m *V1) UnderOOM(rel string) (bool, error) {
+	c, err := m.OOMControl(rel)
+	return c["under_oom"] == 1, err
 }
 
 // OOMGroup is false: v1 has no memory.oom.group.
@@ -176,9 +209,40 @@ func (m *V1) OOMControl(rel string) (map[string]uint64, error) {
 // reclaims until the cgroup is empty or reclaim stops making progress, and
 // returns EINTR early if the writing thread gets a signal. v1 has no way to
 // ask for a given amount, so bytes is ignored.
+//
+// Old kernels refuse: from 3.8 to 3.15 (so CentOS 7's 3.10)
+// mem_cgroup_force_empty returns EBUSY for a cgroup that has tasks or
+// children ("returns EBUSY if there is a task", mm/memcontrol.c), which is
+// every cgroup the guard would reclaim from; every kernel answers EINVAL
+// for the root cgroup. 3.16 dropped the task check (4.x reclaims a cgroup
+// with tasks). A refusal is ErrNoReclaim: no reclaim here, not an error
+// that holds anything up. It is kept per hierarchy once seen for a cgroup
+// with tasks, so such a kernel is not asked again.
 func (m *V1) Reclaim(rel string, _ uint64, budget time.Duration) error {
-	return m.fs.WriteBounded(rel, "memory.force_empty", "0", budget)
+	if m.noForceEmpty.Load() {
+		return ErrNoReclaim
+	}
+	write := m.fs.WriteBounded
+	if m.writeBounded != nil {
+		write = m.writeBounded
+	}
+	err := write(rel, "memory.force_empty", "0", budget)
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		if procs, perr := m.fs.Procs(rel, false); perr == nil && len(procs) > 0 {
+			m.noForceEmpty.Store(true)
+		}
+		return fmt.Errorf("%s: the kernel refuses force_empty of a cgroup with tasks or children (%w): %w", m.fs.Path(rel, ""), err, ErrNoReclaim)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("%s: %w: %w", m.fs.Path(rel, ""), err, ErrNoReclaim)
+	}
+	return err
 }
+
+// ErrNoReclaim means the kernel does not reclaim on request from this
+// cgroup (v1 force_empty refused): the guard carries on as if it had asked
+// and nothing came back.
+var ErrNoReclaim = errors.New("no reclaim on request here")
 
 func (m *V1) SoftLimit(rel string) (uint64, error) {
 	return m.fs.ReadUint(rel, "memory.soft_limit_in_bytes")

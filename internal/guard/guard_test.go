@@ -169,12 +169,7 @@ func testConfig() guard.Config {
 
 func oomKills(t *testing.T, cg *testenv.Cgroup, rel string) uint64 {
 	t.Helper()
-	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
-	n, err := mem.OOMKills(rel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return testenv.KernelOOMKills(t, rel)
 }
 
 // A process allocating as fast as it can is killed by the guard, and the

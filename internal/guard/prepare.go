@@ -102,7 +102,7 @@ func (c *cg) remember(cands []kill.Candidate) {
 		c.seen = make(map[int]kill.Candidate, len(cands))
 	}
 	for _, k := range cands {
-		if old, ok := c.seen[k.Pid]; ok && old.StartTime == k.StartTime && old.Status.RssAnonKB > k.Status.RssAnonKB {
+		if old, ok := c.seen[k.Pid]; ok && old.StartTime == k.StartTime && old.Status.RSSKB() > k.Status.RSSKB() {
 			k.Status = old.Status
 		}
 		c.seen[k.Pid] = k

@@ -40,7 +40,7 @@ func Choose(cands []Candidate, self int) (Candidate, bool) {
 	return best, found
 }
 
-func rss(c Candidate) uint64 { return c.Status.RssAnonKB + c.Status.RssFileKB + c.Status.RssShmemKB }
+func rss(c Candidate) uint64 { return c.Status.RSSKB() }
 
 // Candidates inspects every process of rel and its descendants, scoring
 // them against the cgroup's limit (bytes; cgroup.Unlimited scores against

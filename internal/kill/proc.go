@@ -1,7 +1,9 @@
 // Package kill chooses and kills victims: one process (the highest
 // oom_score, as the kernel would) or every process of a cgroup (frozen first
-// so nothing forks away). Signals go through pidfds, so a PID reused between
-// choosing and killing can never hit the wrong process.
+// so nothing forks away). Signals go through pidfds where the kernel has
+// them (5.3+), so a PID reused between choosing and killing can never hit
+// the wrong process; before, through kill(2) right after the victim's start
+// time is checked again (see Target).
 package kill
 
 import (
@@ -14,6 +16,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/kernel"
 )
 
 // Proc reads /proc (Root is injectable for tests on recorded trees).
@@ -36,6 +40,9 @@ type Candidate struct {
 // Status is what /proc/PID/status tells of a process's memory.
 type Status struct {
 	RssAnonKB, RssFileKB, RssShmemKB, VmSizeKB, VmSwapKB, VmPTEKB uint64
+	// VmRSSKB is the whole resident set: RssAnon + RssFile + RssShmem
+	// where the kernel splits it (4.5+), the only figure before.
+	VmRSSKB uint64
 	// PidInNS is the process's pid in its innermost pid namespace (the last
 	// NSpid field): 1 for a container's init. 0 where the kernel does not say.
 	PidInNS int
@@ -49,9 +56,18 @@ func Score(s Status, adj int, limitKB uint64) int {
 	if limitKB == 0 {
 		return 0
 	}
-	points := int64(s.RssAnonKB + s.RssFileKB + s.RssShmemKB + s.VmSwapKB + s.VmPTEKB)
+	points := int64(s.RSSKB() + s.VmSwapKB + s.VmPTEKB)
 	points += int64(adj) * int64(limitKB) / 1000
 	return int(points * 1000 / int64(limitKB))
+}
+
+// RSSKB is the resident set: the sum of its parts where the kernel gives
+// them (4.5+), else VmRSS (3.10 to 4.4 have no RssAnon, RssFile, RssShmem).
+func (s Status) RSSKB() uint64 {
+	if parts := s.RssAnonKB + s.RssFileKB + s.RssShmemKB; parts > 0 || s.VmRSSKB == 0 {
+		return parts
+	}
+	return s.VmRSSKB
 }
 
 func (p Proc) path(pid int, file string) string {
@@ -111,6 +127,9 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	}
 	if c.Status, err = ParseStatus(bytes.NewReader(data)); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "status"), err)
+	}
+	if !kernel.HasNSpid() {
+		c.Status.PidInNS = 0 // test-only: as a kernel before 4.1, which has no NSpid line
 	}
 	c.OOMScore = Score(c.Status, c.OOMScoreAdj, limitKB)
 	return c, nil
@@ -224,6 +243,8 @@ func ParseStatus(r io.Reader) (Status, error) {
 			dst = &s.RssShmemKB
 		case "VmSize":
 			dst = &s.VmSizeKB
+		case "VmRSS":
+			dst = &s.VmRSSKB
 		case "VmSwap":
 			dst = &s.VmSwapKB
 		case "VmPTE":

@@ -42,7 +42,7 @@ func TestParseStatusRealSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s != (Status{RssAnonKB: 160, RssFileKB: 1984, VmSizeKB: 4040, VmPTEKB: 44, PidInNS: 5524}) {
+	if s != (Status{RssAnonKB: 160, RssFileKB: 1984, VmSizeKB: 4040, VmPTEKB: 44, VmRSSKB: 2144, PidInNS: 5524}) {
 		t.Fatalf("got %+v", s)
 	}
 	if _, err := ParseStatus(strings.NewReader("RssAnon:\tlots kB\n")); err == nil {

@@ -5,31 +5,52 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/kernel"
 )
 
 // ErrGone means the process exited (or its PID was reused) before the kill.
 var ErrGone = errors.New("process already gone")
 
-// Target is a chosen victim whose pidfd is open: a signal through it can
-// only ever reach the process that was inspected, whatever happens to its
-// PID meanwhile. The guard opens it ahead of need (see internal/guard).
+// Target is a chosen victim, held so that a signal can only ever reach the
+// process that was inspected, whatever happens to its PID meanwhile. The
+// guard opens it ahead of need (see internal/guard). It works two ways,
+// decided once per kernel (kernel.HasPidfd):
+//
+//   - with a pidfd (5.3+): the kernel ties the descriptor to the process,
+//     so a signal through it never reaches another;
+//   - without (3.10 to 5.2): by PID and start time, signalled with
+//     kill(2) right after the start time is read again (see killByPid).
 type Target struct {
 	Candidate
-	pidfd int
+	pidfd int  // the open pidfd; -1 without one
+	byPid bool // no pidfd on this kernel: kill(2) after a start-time check
+	used  bool
+	proc  Proc // reads the start time again (byPid)
 }
 
-// Open opens a pidfd for c and checks the PID still names the process that
+// Open holds c for a kill and checks the PID still names the process that
 // was inspected (same start time).
 func (p Proc) Open(c Candidate) (*Target, error) {
+	if !kernel.HasPidfd() {
+		return p.openByPid(c)
+	}
 	pidfd, err := unix.PidfdOpen(c.Pid, 0)
 	if err != nil {
 		if err == unix.ESRCH {
 			return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+		}
+		if err == unix.ENOSYS {
+			// The probe said otherwise; from now on, and for this
+			// victim at once, the fallback.
+			permanentFailure("pidfd_open", err)
+			kernel.MarkMissing(kernel.Pidfd)
+			return p.openByPid(c)
 		}
 		return nil, fmt.Errorf("pidfd_open %d (%s): %w", c.Pid, c.Comm, err)
 	}
@@ -40,26 +61,97 @@ func (p Proc) Open(c Candidate) (*Target, error) {
 	return &Target{Candidate: c, pidfd: pidfd}, nil
 }
 
-// Kill sends SIGKILL through the pidfd, then has the kernel release the
-// victim's memory at once (process_mrelease, 5.15+) instead of waiting for
-// it to exit; the release runs in the background and owns the pidfd from
+func (p Proc) openByPid(c Candidate) (*Target, error) {
+	if st, err := p.StartTime(c.Pid); err != nil || st != c.StartTime {
+		return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+	}
+	return &Target{Candidate: c, pidfd: -1, byPid: true, proc: p}, nil
+}
+
+// Kill sends SIGKILL, then (5.15+, with a pidfd) has the kernel release
+// the victim's memory at once (process_mrelease) instead of waiting for it
+// to exit; the release runs in the background and owns the pidfd from
 // then on. It returns when the signal was sent. A Target is killed once.
 func (t *Target) Kill() (time.Time, error) {
-	if t.pidfd < 0 {
+	if t.used {
 		return time.Time{}, fmt.Errorf("pid %d (%s): already used", t.Pid, t.Comm)
+	}
+	t.used = true
+	if t.byPid {
+		return t.killByPid()
 	}
 	err := unix.PidfdSendSignal(t.pidfd, unix.SIGKILL, nil, 0)
 	sent := time.Now()
+	if err == unix.ENOSYS {
+		// Not on any real kernel (pidfd_send_signal, 5.1, is older than
+		// pidfd_open, 5.3), but a filtered one: the fallback, at once.
+		permanentFailure("pidfd_send_signal", err)
+		kernel.MarkMissing(kernel.Pidfd)
+		unix.Close(t.pidfd)
+		t.pidfd, t.byPid = -1, true
+		return t.killByPid()
+	}
 	if err != nil {
-		t.Close()
+		unix.Close(t.pidfd)
+		t.pidfd = -1
 		if err == unix.ESRCH {
 			return time.Time{}, fmt.Errorf("pid %d (%s): %w", t.Pid, t.Comm, ErrGone)
 		}
+		if permanent(err) {
+			permanentFailure("pidfd_send_signal", err)
+		}
 		return time.Time{}, fmt.Errorf("kill pid %d (%s): %w", t.Pid, t.Comm, err)
 	}
-	go release(t.pidfd)
+	releaseInBackground(t.pidfd)
 	t.pidfd = -1
 	return sent, nil
+}
+
+// maxCheckAge bounds how long before kill(2) the start time may have been
+// read (see killByPid).
+const maxCheckAge = 100 * time.Microsecond
+
+// killByPid signals the victim with kill(2), for a kernel without pidfds.
+//
+// PID reuse is ruled out as follows. A PID names another process only
+// after the victim has exited, been reaped by its parent (a zombie keeps
+// its PID, and killing a zombie does nothing), and the kernel's allocator
+// has come round to that number again: Linux hands PIDs out cyclically
+// (alloc_pid, idr_alloc_cyclic: the next free number above the last one
+// given), so that takes up to pid_max forks, CentOS 7's default pid_max
+// being 32768, which a busy node goes through in minutes, not microseconds.
+// So the start time in /proc/PID/stat (which a new process with the same
+// PID would not share) is read again right before the signal, on the
+// guard's locked real-time loop thread, and the two calls are back to
+// back: if the read took longer than maxCheckAge (the thread was held off
+// its CPU), it is read again. What remains is the few hundred nanoseconds
+// between the read's return and kill(2)'s entry, in which exit, reap and a
+// full wrap of the PID space would all have to happen. The container
+// kill does better still: it checks and signals while the v1 freezer
+// holds the cgroup (killEach), and a frozen task cannot exit at all.
+func (t *Target) killByPid() (time.Time, error) {
+	for try := 0; ; try++ {
+		before := time.Now()
+		st, err := t.proc.StartTime(t.Pid)
+		if err != nil || st != t.StartTime {
+			return time.Time{}, fmt.Errorf("pid %d (%s): %w", t.Pid, t.Comm, ErrGone)
+		}
+		if time.Since(before) > maxCheckAge && try < 3 {
+			continue
+		}
+		err = unix.Kill(t.Pid, unix.SIGKILL)
+		sent := time.Now()
+		switch {
+		case err == unix.ESRCH:
+			return time.Time{}, fmt.Errorf("pid %d (%s): %w", t.Pid, t.Comm, ErrGone)
+		case err != nil:
+			if permanent(err) {
+				permanentFailure("kill", err)
+			}
+			return time.Time{}, fmt.Errorf("kill pid %d (%s): %w", t.Pid, t.Comm, err)
+		}
+		return sent, nil
+	}
 }
 
 // Close gives up a Target that will not be killed.
@@ -67,6 +159,9 @@ func (t *Target) Close() {
 	if t != nil && t.pidfd >= 0 {
 		unix.Close(t.pidfd)
 		t.pidfd = -1
+	}
+	if t != nil {
+		t.used = true
 	}
 }
 
@@ -79,6 +174,20 @@ func (p Proc) Process(c Candidate) (time.Time, error) {
 	return t.Kill()
 }
 
+// releaseInBackground hands a killed victim's pidfd to release, where the
+// kernel has process_mrelease (5.15); else it just closes it: the memory
+// comes back as the victim exits.
+func releaseInBackground(pidfd int) {
+	if pidfd < 0 {
+		return
+	}
+	if !kernel.HasProcessMrelease() {
+		unix.Close(pidfd)
+		return
+	}
+	go release(pidfd)
+}
+
 // release reaps the killed process's memory from this thread. EINVAL means
 // the victim is not yet or no longer dying in a way mrelease can help, ESRCH
 // that it is gone: both fine. ENOSYS: a kernel before 5.15.
@@ -86,6 +195,9 @@ func release(pidfd int) {
 	defer unix.Close(pidfd)
 	for i := 0; i < 3; i++ {
 		_, _, errno := unix.Syscall(unix.SYS_PROCESS_MRELEASE, uintptr(pidfd), 0, 0)
+		if errno == unix.ENOSYS {
+			kernel.MarkMissing(kernel.ProcessMrelease)
+		}
 		if errno != unix.EINVAL {
 			return
 		}
@@ -112,6 +224,14 @@ func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 // killEach signals the processes of rel one by one, frozen first where fr
 // can freeze them, skipping self and those spare says to. The time is when
 // the first signal was sent.
+//
+// Without pidfds (before 5.3) each is signalled by kill(2) after its start
+// time is read again (Target.killByPid). Frozen, that check is airtight: a
+// task held by the freezer cannot run, so cannot exit, so its PID cannot
+// be freed and handed to another process between the check and the
+// signal (SIGKILL does not thaw a v1-frozen task; it dies at the thaw).
+// Unfrozen (no freezer, or a freeze that did not complete), it is as safe
+// as the single kill's.
 func (p Proc) killEach(fs *cgroup.FS, fr cgroupFreezer, rel string, self int, spare func(Candidate) bool) ([]Candidate, time.Time, error) {
 	var first time.Time
 	frozen := false
@@ -185,8 +305,9 @@ func (p Proc) killAtOnce(fs *cgroup.FS, rel string) (killed []Candidate, sent ti
 		return nil, time.Time{}, true, err
 	}
 	for _, t := range targets {
-		go release(t.pidfd)
+		releaseInBackground(t.pidfd)
 		t.pidfd = -1
+		t.used = true
 	}
 	return cands, sent, true, nil
 }
@@ -248,4 +369,28 @@ func freeze(freezer *cgroup.FS, rel string) bool {
 
 func thaw(freezer *cgroup.FS, rel string) {
 	_ = freezer.WriteFile(rel, "freezer.state", "THAWED")
+}
+
+// Permanent tells whether a kill failed for a reason that will not go
+// away by trying again: the call is missing (ENOSYS) or not allowed
+// (EPERM: no CAP_KILL over the victim, a seccomp or LSM policy).
+func Permanent(err error) bool { return errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) }
+
+func permanent(err error) bool { return Permanent(err) }
+
+var failureHook atomic.Pointer[func(call, errno string)]
+
+// SetPermanentFailureHook sets what counts permanent kill failures, by
+// system call and errno name (report.Metrics.KillFailure). A missing call
+// is counted once when it is found missing, then its fallback is used.
+func SetPermanentFailureHook(f func(call, errno string)) { failureHook.Store(&f) }
+
+func permanentFailure(call string, err error) {
+	if f := failureHook.Load(); f != nil {
+		name := err.Error()
+		if e, ok := err.(unix.Errno); ok {
+			name = unix.ErrnoName(e)
+		}
+		(*f)(call, name)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -191,5 +192,28 @@ func WaitExit(t testing.TB, cmd *exec.Cmd, d time.Duration) syscall.WaitStatus {
 	case <-time.After(d):
 		t.Fatalf("pid %d still running after %v", cmd.Process.Pid, d)
 	}
+	return 0
+}
+
+// KernelOOMKills is the kernel's own oom_kill count of a v1 cgroup (rel
+// to V1MemoryRoot), read from memory.oom_control directly: the ground
+// truth a test checks the guard against, also when the test-only switch
+// (OOMGUARD_HIDE_FEATURES=oom_kill) hides the counter from the guard.
+func KernelOOMKills(t testing.TB, rel string) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(V1MemoryRoot, rel, "memory.oom_control"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("%s/memory.oom_control has no oom_kill counter: this test needs a 4.13+ kernel", rel)
 	return 0
 }
