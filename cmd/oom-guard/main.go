@@ -21,6 +21,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
 	"github.com/oom-guard/oom-guard/internal/identity"
+	"github.com/oom-guard/oom-guard/internal/kernel"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/kmsg"
 	"github.com/oom-guard/oom-guard/internal/notify"
@@ -58,6 +59,7 @@ func run(args []string, stderr io.Writer) int {
 
 func serve(o *options, mem cgroup.Memory) error {
 	metrics := report.NewMetrics()
+	reportKernel(mem, metrics)
 	sinks := []report.Sink{report.NewLog()}
 	var webhook *report.Webhook
 	if o.webhook != nil {
@@ -121,6 +123,23 @@ func serve(o *options, mem cgroup.Memory) error {
 		kubeEvents.Stop(ctx)
 	}
 	return runErr
+}
+
+// reportKernel says, in one log line and in oomguard_kernel_feature, which
+// of the features the guard uses this kernel has, and the fallback in use
+// for each it lacks; permanent kill failures are counted from here on.
+func reportKernel(mem cgroup.Memory, metrics *report.Metrics) {
+	features := kernel.Detect(mem.FS().Root, mem.Version() == cgroup.VersionV2)
+	metrics.KernelFeatures(features)
+	kill.SetPermanentFailureHook(metrics.KillFailure)
+	line := kernel.Summary(features)
+	for _, f := range features {
+		if !f.Present {
+			klog.Warning(line)
+			return
+		}
+	}
+	klog.Info(line)
 }
 
 // kernelParts picks the notification and kill mechanisms for the hierarchy.

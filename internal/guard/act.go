@@ -175,7 +175,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		g.setLimit(c, limit)
 		return
 	case Below:
-		c.episode, c.reclaimed, c.noopShown = false, false, false
+		c.episode, c.reclaimed, c.noopShown, c.killFailShown = false, false, false, false
 		c.recheckAt = time.Time{}
 		return
 	case Cooling:
@@ -290,7 +290,9 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
 	}
 	victim, err := g.killer.Open(best)
 	if err != nil {
-		klog.V(2).Infof("cgroup %s: victim pid %d (%s): %v", c.rel, best.Pid, best.Comm, err)
+		if !g.permanentKillFailure(c, err) {
+			klog.V(2).Infof("cgroup %s: victim pid %d (%s): %v", c.rel, best.Pid, best.Comm, err)
+		}
 		return nil
 	}
 	return victim
@@ -354,7 +356,9 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	c.lastAction = time.Now()
 	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	if err != nil {
-		klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, victim.Pid, victim.Comm, err)
+		if !g.permanentKillFailure(c, err) {
+			klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, victim.Pid, victim.Comm, err)
+		}
 		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
@@ -383,6 +387,21 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		c.killingRest.Store(false)
 		g.report(ev, killed, reaction, note)
 	}()
+}
+
+// permanentKillFailure logs a kill that failed for a reason that will not
+// go away (ENOSYS, EPERM: the kill package has already tried its next
+// fallback, and counted it) at error level, once per episode of the
+// cgroup, instead of at every recheck. It tells whether err was one.
+func (g *Guard) permanentKillFailure(c *cg, err error) bool {
+	if !kill.Permanent(err) {
+		return false
+	}
+	if !c.killFailShown {
+		c.killFailShown = true
+		klog.Errorf("cgroup %s: cannot kill, and trying again will not help: %v (logged once per episode)", c.rel, err)
+	}
+	return true
 }
 
 // killRest returns what kills the rest of cgroup rel after its victim,

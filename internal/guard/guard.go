@@ -36,6 +36,9 @@ type cg struct {
 	episode    bool // above the threshold since the last time it was below
 	reclaimed  bool // reclaim already requested in this episode
 	noopShown  bool // the noop policy already reported this episode
+	// killFailShown: a kill that cannot succeed (ENOSYS, EPERM) was
+	// logged at error level in this episode.
+	killFailShown bool
 
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool

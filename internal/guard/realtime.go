@@ -2,6 +2,7 @@ package guard
 
 import (
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -19,8 +20,7 @@ func useRealtime(prio int) (restore func()) {
 	if prio <= 0 {
 		return func() {}
 	}
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(prio)}
-	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+	if err := setScheduler(unix.SCHED_FIFO, prio); err != nil {
 		// In a container the kernel refuses SCHED_FIFO even to a
 		// privileged process when real-time group scheduling gives its
 		// cpu cgroup no real-time budget (cpu.rt_runtime_us 0, the
@@ -28,11 +28,22 @@ func useRealtime(prio int) (restore func()) {
 		return useHighestNice(prio, err)
 	}
 	return func() {
-		normal := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-		if err := unix.SchedSetAttr(0, &normal, 0); err != nil {
+		if err := setScheduler(unix.SCHED_NORMAL, 0); err != nil {
 			klog.Errorf("guard loop: back to normal scheduling: %v", err)
 		}
 	}
+}
+
+// setScheduler sets the calling thread's policy with sched_setscheduler(2),
+// which every kernel has; sched_setattr came only with 3.14 (CentOS 7's
+// 3.10 answers ENOSYS), and the guard needs nothing it adds.
+func setScheduler(policy, prio int) error {
+	param := struct{ priority int32 }{int32(prio)}
+	_, _, errno := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, uintptr(policy), uintptr(unsafe.Pointer(&param)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // useHighestNice gives the calling thread nice -20 (on Linux, PRIO_PROCESS

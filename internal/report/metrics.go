@@ -32,6 +32,8 @@ type Metrics struct {
 	reaction              prometheus.Histogram
 	webhookEvents         *prometheus.CounterVec
 	webhookFailedAttempts prometheus.Counter
+
+	kernel kernelMetrics // metrics_kernel.go
 }
 
 // NewMetrics registers oom-guard's metrics, plus the Go runtime's and the
