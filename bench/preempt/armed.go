@@ -5,20 +5,19 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/guard"
 )
 
 // armed is the guard's Metrics, reduced to what the benchmark needs: how
 // many cgroups are guarded, so that a run starts once its cgroup is armed
 // (registering a cgroup's thresholds takes the kernel tens of
 // milliseconds; a run started sooner would time that, not the guard).
-type armed struct{ n atomic.Int64 }
+type armed struct {
+	guard.NopMetrics
+	n atomic.Int64
+}
 
-func (a *armed) SetGuarded(n int)                   { a.n.Store(int64(n)) }
-func (a *armed) Crossing()                          {}
-func (a *armed) StandDown(string)                   {}
-func (a *armed) Action(event.Reason, time.Duration) {}
-func (a *armed) KernelKill(event.Reason)            {}
+func (a *armed) SetGuarded(n int) { a.n.Store(int64(n)) }
 
 // wait waits until n cgroups are guarded.
 func (a *armed) wait(n int64) error {

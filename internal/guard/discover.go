@@ -120,6 +120,7 @@ func (g *Guard) setLimit(c *cg, limit uint64) {
 	switch {
 	case limit == cgroup.Unlimited:
 		g.unguard(c)
+		g.dropRetry(c)
 	case !c.guarded(), limit != c.armedLimit:
 		g.register(c)
 	}
@@ -127,6 +128,7 @@ func (g *Guard) setLimit(c *cg, limit uint64) {
 
 func (g *Guard) forget(c *cg) {
 	g.unguard(c)
+	g.dropRetry(c)
 	g.inotify.Remove(g.absPath(c.rel))
 	delete(g.known, c.rel)
 }

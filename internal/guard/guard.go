@@ -45,6 +45,8 @@ type cg struct {
 	softLimitSet   uint64 // the guard's own, as the kernel keeps it (whole pages)
 
 	registering bool        // a registration of its notifications is under way
+	retries     int         // registrations failed in a row (retryLater)
+	retryAt     time.Time   // zero: no retry pending
 	killingRest atomic.Bool // the rest of its victim's container is being killed, off the loop
 
 	oomKills   uint64    // kernel oom_kill count already reported
@@ -77,14 +79,17 @@ type Guard struct {
 	guarded int
 
 	// Registrations off the loop (register.go).
-	registered chan *registration
-	regSlots   chan struct{}
-	regs       sync.WaitGroup
-	killers    sync.WaitGroup // container kills off the loop (act.go)
-	inFlight   int            // registrations started, not yet installed
-	started    time.Time      // zero once the start is logged
-	ready      chan struct{}
-	quit       chan struct{}
+	registered     chan *registration
+	regSlots       chan struct{}
+	regs           sync.WaitGroup
+	killers        sync.WaitGroup // container kills off the loop (act.go)
+	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
+	inotifyFailing bool           // the last inotify reset was refused
+	inFlight       int            // registrations started, not yet installed
+	retrying       map[*cg]struct{}
+	started        time.Time // zero once the start is logged
+	ready          chan struct{}
+	quit           chan struct{}
 
 	walks     chan map[string]uint64
 	walkAsk   chan struct{}
@@ -108,7 +113,7 @@ func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics)
 	}
 	return &Guard{
 		cfg: cfg, mem: mem, notifier: n, killer: k, sink: s, metrics: m, self: os.Getpid(),
-		known: map[string]*cg{}, byFd: map[int]*cg{},
+		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
 		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
@@ -138,6 +143,9 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		return err
 	}
 	defer g.poller.Close()
+	// The walker, the reclaimer and the rest wake the poller: they end
+	// before it is closed, so none writes to a closed fd's number.
+	defer g.aside.Wait()
 	if s := g.notifier.Sampler(); s != nil {
 		if err := g.poller.Add(s.Fd()); err != nil {
 			return err
@@ -160,15 +168,15 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.known), g.mem.FS().Root, time.Since(g.started).Round(time.Microsecond))
 	g.logStarted()
 
-	go g.walker(quit)
-	go g.reclaimer(quit)
-	go func() {
+	g.goAside(func() { g.walker(quit) })
+	g.goAside(func() { g.reclaimer(quit) })
+	g.goAside(func() {
 		select {
 		case <-stop:
 			g.poller.Wake()
 		case <-quit:
 		}
-	}()
+	})
 
 	for {
 		g.alive.Store(time.Now().UnixNano())
@@ -239,6 +247,11 @@ func (g *Guard) nextTimeout(now time.Time) time.Duration {
 			}
 		}
 	}
+	for c := range g.retrying {
+		if !c.retryAt.IsZero() && c.retryAt.Before(next) {
+			next = c.retryAt
+		}
+	}
 	return max(next.Sub(now), 0)
 }
 
@@ -277,32 +290,48 @@ func (g *Guard) runTimers(now time.Time) {
 			g.countKernelKills(c)
 		}
 	}
+	g.retryDue(now)
 	if !now.Before(g.nextReset) {
-		if err := g.resetInotify(); err != nil {
-			klog.Errorf("inotify reset: %v", err)
-		}
+		_ = g.resetInotify() // with an instance to keep, it never fails
 	}
 }
 
 // resetInotify re-creates every inotify watch from scratch, then asks for a
 // full walk to catch whatever happened between the old and the new watches.
+// Where the kernel refuses a new instance (EMFILE, or
+// fs.inotify.max_user_instances reached, common on busy nodes), the old one
+// stays in use and the reset is tried again a little later.
 func (g *Guard) resetInotify() error {
+	in, err := notify.NewInotify()
+	if err == nil {
+		if err = g.poller.Add(in.Fd()); err != nil {
+			in.Close()
+		}
+	}
+	if err != nil {
+		if g.inotify == nil {
+			return err // at the start: nothing to fall back on
+		}
+		g.metrics.Fault(FaultInotifyReset)
+		retry := min(inotifyRetry, g.cfg.InotifyReset)
+		if !g.inotifyFailing {
+			klog.Warningf("inotify reset: %v: the current watches stay in use; trying again every %v", err, retry)
+			g.inotifyFailing = true
+		}
+		g.nextReset = time.Now().Add(retry)
+		return nil
+	}
+	if g.inotifyFailing {
+		klog.Info("inotify reset: done again")
+		g.inotifyFailing = false
+	}
 	if old := g.inotify; old != nil {
 		_ = g.poller.Remove(old.Fd())
-		g.inotify = nil
 		// Destroying an inotify instance waits for an SRCU grace period
 		// (30 ms measured here), and a loop waiting for it misses what
 		// happens meanwhile. Out of the epoll set, nothing waits on it:
 		// it may be closed anywhere.
-		go old.Close()
-	}
-	in, err := notify.NewInotify()
-	if err != nil {
-		return err
-	}
-	if err := g.poller.Add(in.Fd()); err != nil {
-		in.Close()
-		return err
+		g.goAside(func() { old.Close() })
 	}
 	g.inotify = in
 	for rel := range g.known {
@@ -311,6 +340,19 @@ func (g *Guard) resetInotify() error {
 	g.nextReset = time.Now().Add(g.cfg.InotifyReset)
 	g.askWalk()
 	return nil
+}
+
+// inotifyRetry is how soon a refused inotify reset is tried again.
+const inotifyRetry = 10 * time.Second
+
+// goAside runs f on a goroutine of its own that Run waits for before it
+// returns.
+func (g *Guard) goAside(f func()) {
+	g.aside.Add(1)
+	go func() {
+		defer g.aside.Done()
+		f()
+	}()
 }
 
 func (g *Guard) watchDir(rel string) {

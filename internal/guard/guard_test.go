@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 
 // events collects what the guard reports.
 type events struct {
+	guard.NopMetrics
 	mu         sync.Mutex
 	evs        []event.Event
 	ch         chan event.Event
@@ -54,11 +55,9 @@ func (e *events) waitGuardedN(t *testing.T, n int) {
 }
 
 // events is also the guard's Metrics, to see what it decided.
-func (e *events) SetGuarded(n int)                   { e.mu.Lock(); e.guarded = n; e.mu.Unlock() }
-func (e *events) Action(event.Reason, time.Duration) {}
-func (e *events) KernelKill(event.Reason)            {}
-func (e *events) Crossing()                          { e.mu.Lock(); e.crossings++; e.mu.Unlock() }
-func (e *events) StandDown(string)                   { e.mu.Lock(); e.standDowns++; e.mu.Unlock() }
+func (e *events) SetGuarded(n int) { e.mu.Lock(); e.guarded = n; e.mu.Unlock() }
+func (e *events) Crossing()        { e.mu.Lock(); e.crossings++; e.mu.Unlock() }
+func (e *events) StandDown(string) { e.mu.Lock(); e.standDowns++; e.mu.Unlock() }
 
 func (e *events) Send(ev event.Event) {
 	e.mu.Lock()
@@ -104,6 +103,24 @@ func startGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) *events {
 // waits until it has let go of every cgroup.
 func runGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*events, func()) {
 	t.Helper()
+	g, sink := newGuard(t, cg, cfg)
+	stopper := runInBackground(t, g, 5*time.Second, nil)
+	waitGuarded(t, g)
+	return sink, stopper
+}
+
+// startGuardHandle is startGuard, with the guard itself.
+func startGuardHandle(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*guard.Guard, *events) {
+	t.Helper()
+	g, sink := newGuard(t, cg, cfg)
+	t.Cleanup(runInBackground(t, g, 5*time.Second, nil))
+	waitGuarded(t, g)
+	return g, sink
+}
+
+// newGuard makes a guard over the test's own cgroup sub-tree.
+func newGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*guard.Guard, *events) {
+	t.Helper()
 	mem, err := cgroup.Open(cg.Mem.Path(cg.Rel, ""))
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +135,7 @@ func runGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*events, func
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopper := runInBackground(t, g, 5*time.Second, nil)
-	waitGuarded(t, g)
-	return sink, stopper
+	return g, sink
 }
 
 // runInBackground runs g until the returned function is called; that

@@ -10,7 +10,8 @@ import (
 
 // Notifier registers the kernel notifications for one cgroup (v1: memcg
 // eventfds; v2: eventfds its sampler writes). Watches are closed by the
-// guard loop, the only one waiting on them.
+// guard loop, the only one waiting on them. A call that fails returns a
+// nil Watch.
 type Notifier interface {
 	// Threshold fires when the cgroup's usage crosses bytes, either way.
 	Threshold(rel string, bytes uint64) (notify.Watch, error)
@@ -43,6 +44,12 @@ type Sink interface{ Send(event.Event) }
 // Metrics is what the guard counts.
 type Metrics interface {
 	SetGuarded(n int)
+	// SetUnguarded is how many limited cgroups wait for a registration
+	// retry.
+	SetUnguarded(n int)
+	// Fault counts an operation that failed and will be retried
+	// (FaultRegistration, FaultInotifyReset).
+	Fault(kind string)
 	Crossing()
 	StandDown(reason string)
 	Action(reason event.Reason, reaction time.Duration)
@@ -53,7 +60,15 @@ type Metrics interface {
 type NopMetrics struct{}
 
 func (NopMetrics) SetGuarded(int)                     {}
+func (NopMetrics) SetUnguarded(int)                   {}
+func (NopMetrics) Fault(string)                       {}
 func (NopMetrics) Crossing()                          {}
 func (NopMetrics) StandDown(string)                   {}
 func (NopMetrics) Action(event.Reason, time.Duration) {}
 func (NopMetrics) KernelKill(event.Reason)            {}
+
+// The kinds of Metrics.Fault.
+const (
+	FaultRegistration = "registration"  // a cgroup's notifications (retryLater)
+	FaultInotifyReset = "inotify-reset" // a new inotify instance (resetInotify)
+)

@@ -19,6 +19,8 @@ import (
 const registrars = 16
 
 // registration is the notifications of one cgroup, made for one limit.
+// Its watches are nil until made: close undoes what a registration that
+// failed half way did make, and only that.
 type registration struct {
 	c                 *cg
 	limit             uint64
@@ -107,7 +109,7 @@ func (g *Guard) install(r *registration) {
 	}
 	if r.err != nil {
 		r.close()
-		g.warnUnlessGone(c, r.what, r.err)
+		g.retryLater(c, r.what, r.err)
 		return
 	}
 	var ok bool
@@ -129,20 +131,20 @@ func (g *Guard) installGuard(c *cg, r *registration) bool {
 	files, err := g.mem.Handle(c.rel)
 	if err != nil {
 		r.close()
-		g.warnUnlessGone(c, "open", err)
+		g.retryLater(c, "open", err)
 		return false
 	}
-	if !g.watchFd(c, r.thw) || !g.watchFd(c, r.earlyw) || !g.watchFd(c, r.oomw) {
+	if err := g.watchFds(c, r.thw, r.earlyw, r.oomw); err != nil {
 		files.Close()
-		g.closeWatch(r.thw)
-		g.closeWatch(r.earlyw)
-		g.closeWatch(r.oomw)
+		r.close()
+		g.retryLater(c, "watch", err)
 		return false
 	}
 	c.thw, c.earlyw, c.oomw, c.files = r.thw, r.earlyw, r.oomw, files
 	c.threshold, c.early, c.armedLimit = r.threshold, r.early, r.limit
 	g.guarded++
 	g.metrics.SetGuarded(g.guarded)
+	g.endRetries(c)
 	g.setSoftLimit(c)
 	klog.V(3).Infof("guard %s: limit %s, threshold %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
 	// The kernel signals crossings only: a cgroup already above its new
@@ -154,11 +156,12 @@ func (g *Guard) installGuard(c *cg, r *registration) bool {
 // installRearm moves c's thresholds: the new watches are in the epoll set
 // before the old ones go, so no crossing falls between.
 func (g *Guard) installRearm(c *cg, r *registration) bool {
-	if !g.watchFd(c, r.thw) || !g.watchFd(c, r.earlyw) {
-		g.closeWatch(r.thw)
-		g.closeWatch(r.earlyw)
+	if err := g.watchFds(c, r.thw, r.earlyw); err != nil {
+		r.close()
+		g.retryLater(c, "watch", err)
 		return false
 	}
+	g.endRetries(c)
 	g.closeWatch(c.thw)
 	g.closeWatch(c.earlyw)
 	g.dropPrep(c)
@@ -196,4 +199,112 @@ func (g *Guard) stopRegistrations() {
 			return
 		}
 	}
+}
+
+// A registration the kernel refused for want of a resource (EMFILE,
+// ENOMEM, ENOSPC from epoll's max_user_watches) is tried again, after a
+// back-off that doubles up to retryMax: the cgroup stays known, and is
+// guarded as soon as the resource is there again.
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 10 * time.Second
+)
+
+// retryLater schedules c's registration again, unless c is gone. The
+// first failure of a streak is logged; the rest are only counted.
+func (g *Guard) retryLater(c *cg, what string, err error) {
+	if cgroup.IsNotExist(err) || !g.mem.FS().Exists(c.rel) {
+		g.forget(c)
+		return
+	}
+	g.metrics.Fault(FaultRegistration)
+	if c.retries == 0 {
+		klog.Warningf("cgroup %s: not guarded: %s: %v (retrying with back-off; oomguard_unguarded_cgroups counts such cgroups)", c.rel, what, err)
+	}
+	c.retryAt = time.Now().Add(min(retryMin<<min(c.retries, 16), retryMax))
+	c.retries++
+	g.retrying[c] = struct{}{}
+	g.metrics.SetUnguarded(len(g.retrying))
+}
+
+// endRetries ends c's retry streak, if it had one.
+func (g *Guard) endRetries(c *cg) {
+	if c.retries > 0 {
+		klog.Infof("cgroup %s: guarded after %d failed registrations", c.rel, c.retries)
+	}
+	g.dropRetry(c)
+}
+
+// retryDue registers again the cgroups whose back-off has passed.
+func (g *Guard) retryDue(now time.Time) {
+	for c := range g.retrying {
+		if !c.retryAt.IsZero() && !now.Before(c.retryAt) {
+			c.retryAt = time.Time{}
+			if c.limit == cgroup.Unlimited {
+				g.dropRetry(c)
+				continue
+			}
+			g.register(c)
+		}
+	}
+}
+
+// dropRetry ends c's retry streak: c is guarded, gone, or needs no guard.
+func (g *Guard) dropRetry(c *cg) {
+	if _, ok := g.retrying[c]; !ok {
+		return
+	}
+	c.retries, c.retryAt = 0, time.Time{}
+	delete(g.retrying, c)
+	g.metrics.SetUnguarded(len(g.retrying))
+}
+
+func (g *Guard) unguard(c *cg) {
+	if !c.guarded() {
+		return
+	}
+	g.closeWatch(c.thw)
+	g.closeWatch(c.earlyw)
+	g.closeWatch(c.oomw)
+	g.dropPrep(c)
+	c.files.Close()
+	c.thw, c.earlyw, c.oomw, c.files = nil, nil, nil, nil
+	c.recheckAt, c.oomCheckAt, c.seen = time.Time{}, time.Time{}, nil
+	g.guarded--
+	g.metrics.SetGuarded(g.guarded)
+	g.restoreSoftLimit(c)
+}
+
+// watchFds adds ws to the epoll set, all or none.
+func (g *Guard) watchFds(c *cg, ws ...notify.Watch) error {
+	for i, w := range ws {
+		if err := g.poller.Add(w.Fd()); err != nil {
+			for _, added := range ws[:i] {
+				_ = g.poller.Remove(added.Fd())
+				delete(g.byFd, added.Fd())
+			}
+			return err
+		}
+		g.byFd[w.Fd()] = c
+	}
+	return nil
+}
+
+// closeWatch takes a watch out of the epoll set before closing it: only
+// the loop thread waits on it, so nothing is closed under a waiter.
+func (g *Guard) closeWatch(w notify.Watch) {
+	if w == nil {
+		return
+	}
+	_ = g.poller.Remove(w.Fd())
+	delete(g.byFd, w.Fd())
+	w.Close()
+}
+
+func (g *Guard) warnUnlessGone(c *cg, what string, err error) {
+	if cgroup.IsNotExist(err) {
+		g.forget(c)
+		return
+	}
+	klog.Warningf("cgroup %s: %s: %v", c.rel, what, err)
 }

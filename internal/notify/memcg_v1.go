@@ -73,10 +73,19 @@ var ErrNotSupported = errors.New("not supported by this kernel")
 type V1Notifier struct{ FS *cgroup.FS }
 
 func (n V1Notifier) Threshold(rel string, bytes uint64) (Watch, error) {
-	return V1Threshold(n.FS, rel, bytes)
+	return asWatch(V1Threshold(n.FS, rel, bytes))
 }
 
-func (n V1Notifier) OOM(rel string) (Watch, error) { return V1OOM(n.FS, rel) }
+func (n V1Notifier) OOM(rel string) (Watch, error) { return asWatch(V1OOM(n.FS, rel)) }
+
+// asWatch keeps a failed registration's nil *Eventfd out of the Watch
+// interface: stored there it would not be nil, and its Close would panic.
+func asWatch(e *Eventfd, err error) (Watch, error) {
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
+}
 
 // Sampler is nil: the kernel signals every v1 watch itself.
 func (n V1Notifier) Sampler() Sampler { return nil }

@@ -96,9 +96,15 @@ type V2Notifier struct {
 	opts  V2Options
 	floor float64
 
+	// mu guards what follows. The loop's Sample holds it across its reads
+	// of memory.current; every other holder (the registrations, on
+	// normal-priority goroutines) holds it for bookkeeping only, never
+	// across a system call: the real-time loop must never wait for a
+	// thread the scheduler may hold off its CPU.
 	mu       sync.Mutex
 	ep       int // the Sampler's epoll set
-	timer    int // timerfd, CLOCK_MONOTONIC, absolute
+	timer    int // timerfd, CLOCK_MONOTONIC, absolute; armed by the loop only
+	kick     int // eventfd in ep: a registration's new schedule for the loop to arm
 	armedFor time.Duration
 	probes   map[string]*probe
 	bySource map[int]*probe // memory.events.local or PSI fd -> its probe
@@ -125,7 +131,8 @@ type probe struct {
 	sampledAt time.Duration // monotonic; 0: never
 	rate      float64       // bytes/s, the recent growth, decaying
 	counts    eventCounts
-	dead      bool // a file read failed (the cgroup is gone): no more sampling
+	dead      bool  // a file read failed (the cgroup is gone): no more sampling
+	psiOff    error // why openProbe got no PSI trigger, if the kernel refuses them
 
 	due, earliest time.Duration // monotonic; the next sample may come a quarter early to share a wake-up
 	index         int           // in the queue; -1 when not in it
@@ -151,13 +158,22 @@ func NewV2Notifier(fs *cgroup.FS, opts V2Options) (*V2Notifier, error) {
 		unix.Close(ep)
 		return nil, fmt.Errorf("timerfd_create: %w", err)
 	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, timer, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(timer)}); err != nil {
+	kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
 		unix.Close(timer)
 		unix.Close(ep)
-		return nil, fmt.Errorf("epoll add timerfd: %w", err)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	for _, fd := range []int{timer, kick} {
+		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			unix.Close(kick)
+			unix.Close(timer)
+			unix.Close(ep)
+			return nil, fmt.Errorf("epoll add timerfd or eventfd: %w", err)
+		}
 	}
 	return &V2Notifier{
-		fs: fs, opts: opts, floor: floor, ep: ep, timer: timer,
+		fs: fs, opts: opts, floor: floor, ep: ep, timer: timer, kick: kick,
 		probes: map[string]*probe{}, bySource: map[int]*probe{},
 		ready: make([]unix.EpollEvent, 64), buf: make([]byte, 0, 4096),
 	}, nil
@@ -187,8 +203,9 @@ func (n *V2Notifier) Close() error {
 	}
 	n.closed = true
 	for _, p := range n.probes {
-		n.closeProbe(p)
+		n.closeFiles(n.forgetProbe(p))
 	}
+	unix.Close(n.kick)
 	unix.Close(n.timer)
 	return unix.Close(n.ep)
 }
@@ -196,43 +213,49 @@ func (n *V2Notifier) Close() error {
 // Threshold fires when rel's usage is sampled on the other side of bytes
 // than it was last, either way.
 func (n *V2Notifier) Threshold(rel string, bytes uint64) (Watch, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	p, err := n.acquire(rel)
-	if err != nil {
-		return nil, err
-	}
 	efd, err := newEventfd(n.fs.Path(rel, "memory.current"))
 	if err != nil {
-		n.release(p)
 		return nil, err
 	}
+	p, err := n.acquire(rel)
+	if err != nil {
+		efd.Close()
+		return nil, err
+	}
+	n.mu.Lock()
 	// A watch reports crossings from now on, as v1's threshold eventfd
 	// does; a cgroup already above is the guard's to look at.
 	w := &LevelWatch{Eventfd: efd, n: n, p: p, level: bytes, above: p.usage >= bytes}
 	p.levels = append(p.levels, w)
 	n.schedule(p, mono())
-	n.rearm()
+	n.mu.Unlock()
+	n.kickLoop()
 	return w, nil
+}
+
+// kickLoop has the loop's next Sample arm the timer for a new schedule.
+func (n *V2Notifier) kickLoop() {
+	one := [8]byte{1}
+	_, _ = unix.Write(n.kick, one[:])
 }
 
 // OOM fires when the kernel finds rel out of memory: its own "oom" count
 // in memory.events.local went up (its limit was hit, whether or not the
 // kernel found a process to kill).
 func (n *V2Notifier) OOM(rel string) (Watch, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	p, err := n.acquire(rel)
+	efd, err := newEventfd(n.fs.Path(rel, "memory.events.local"))
 	if err != nil {
 		return nil, err
 	}
-	efd, err := newEventfd(n.fs.Path(rel, "memory.events.local"))
+	p, err := n.acquire(rel)
 	if err != nil {
-		n.release(p)
+		efd.Close()
 		return nil, err
 	}
 	w := &OOMWatch{Eventfd: efd, n: n, p: p}
+	n.mu.Lock()
 	p.ooms = append(p.ooms, w)
+	n.mu.Unlock()
 	return w, nil
 }
 
@@ -253,9 +276,10 @@ func (w *LevelWatch) Drain() error { return nil }
 // Close detaches the watch from its cgroup's probe and closes its eventfd.
 func (w *LevelWatch) Close() error {
 	w.n.mu.Lock()
-	defer w.n.mu.Unlock()
 	w.p.levels = remove(w.p.levels, w)
-	w.n.release(w.p)
+	last := w.n.release(w.p)
+	w.n.mu.Unlock()
+	w.n.closeFiles(last)
 	return w.Eventfd.Close()
 }
 
@@ -272,9 +296,10 @@ func (w *OOMWatch) Drain() error { return nil }
 // Close detaches the watch from its cgroup's probe and closes its eventfd.
 func (w *OOMWatch) Close() error {
 	w.n.mu.Lock()
-	defer w.n.mu.Unlock()
 	w.p.ooms = remove(w.p.ooms, w)
-	w.n.release(w.p)
+	last := w.n.release(w.p)
+	w.n.mu.Unlock()
+	w.n.closeFiles(last)
 	return w.Eventfd.Close()
 }
 
@@ -295,39 +320,93 @@ func newEventfd(what string) (*Eventfd, error) {
 	return &Eventfd{fd: efd}, nil
 }
 
-// acquire returns rel's probe, opening and sampling it if it is new.
+// acquire returns rel's probe, opening and sampling it if it is new. The
+// files are opened and read without the lock (see mu): two registrations
+// racing for a new cgroup each open one, and the loser closes its own.
 func (n *V2Notifier) acquire(rel string) (*probe, error) {
-	if n.closed {
-		return nil, errors.New("v2 notifier closed")
+	n.mu.Lock()
+	p, err, ok := n.ref(rel)
+	n.mu.Unlock()
+	if ok {
+		return p, err
 	}
-	if p, ok := n.probes[rel]; ok {
-		if p.dead {
-			return nil, fmt.Errorf("cgroup %s: %w", n.fs.Path(rel, ""), unix.ENODEV)
+	fresh, err := n.openProbe(rel)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	p, err, ok = n.ref(rel)
+	if !ok {
+		n.probes[rel] = fresh
+		for _, f := range []*os.File{fresh.events, fresh.psi} {
+			if f != nil {
+				n.bySource[int(f.Fd())] = fresh
+			}
 		}
-		p.refs++
-		return p, nil
+		if n.psiOff == nil {
+			n.psiOff = fresh.psiOff
+		}
+		p = fresh
 	}
+	n.mu.Unlock()
+	if ok {
+		n.closeFiles(fresh)
+	}
+	return p, err
+}
+
+// ref takes a reference to rel's probe if there is one (ok).
+func (n *V2Notifier) ref(rel string) (p *probe, err error, ok bool) {
+	if n.closed {
+		return nil, errors.New("v2 notifier closed"), true
+	}
+	p, ok = n.probes[rel]
+	switch {
+	case !ok:
+		return nil, nil, false
+	case p.dead:
+		return nil, fmt.Errorf("cgroup %s: %w", n.fs.Path(rel, ""), unix.ENODEV), true
+	}
+	p.refs++
+	return p, nil, true
+}
+
+// openProbe opens rel's files, reads them once and adds its event
+// sources to the epoll set. It touches nothing shared: it runs unlocked.
+// Until the probe is in bySource, the loop passes over its sources.
+func (n *V2Notifier) openProbe(rel string) (*probe, error) {
 	p := &probe{rel: rel, index: -1, refs: 1}
 	var err error
 	if p.current, err = n.fs.Open(rel, "memory.current"); err != nil {
 		return nil, err
 	}
-	if err = n.openEvents(p); err != nil {
+	buf := make([]byte, 0, 512)
+	if err = n.openEvents(p, buf); err != nil {
 		p.current.Close()
 		return nil, err
 	}
-	if n.opts.PSI {
+	n.mu.Lock()
+	psiOff := n.psiOff
+	n.mu.Unlock()
+	if n.opts.PSI && psiOff == nil {
 		n.openPSI(p)
 	}
-	n.probes[rel] = p
-	if err := n.sample(p, mono()); err != nil {
-		n.closeProbe(p)
+	data, err := pread(p.current, buf)
+	if err == nil {
+		if p.usage, err = cgroup.ParseUint(bytes.NewReader(data)); err != nil {
+			err = fmt.Errorf("%s: %w", p.current.Name(), err)
+		}
+	}
+	if err != nil {
+		n.closeFiles(p)
 		return nil, err
 	}
+	n.samples.Add(1)
+	p.sampledAt = mono()
 	return p, nil
 }
 
-func (n *V2Notifier) openEvents(p *probe) error {
+func (n *V2Notifier) openEvents(p *probe, buf []byte) error {
 	f, err := n.fs.Open(p.rel, "memory.events.local")
 	if errors.Is(err, os.ErrNotExist) && n.fs.Exists(p.rel) {
 		f, err = n.fs.Open(p.rel, "memory.events") // before 5.2: hierarchical
@@ -336,7 +415,7 @@ func (n *V2Notifier) openEvents(p *probe) error {
 		return err
 	}
 	// Reading it once sets the point after which a change makes it ready.
-	if p.counts, err = n.readEvents(f); err != nil {
+	if p.counts, err = readEvents(f, buf); err != nil {
 		f.Close()
 		return err
 	}
@@ -346,15 +425,12 @@ func (n *V2Notifier) openEvents(p *probe) error {
 		return fmt.Errorf("epoll add %s: %w", f.Name(), err)
 	}
 	p.events = f
-	n.bySource[fd] = p
 	return nil
 }
 
-// openPSI adds a PSI trigger for p, if the kernel takes one.
+// openPSI adds a PSI trigger for p, if the kernel takes one. It runs
+// unlocked (openProbe): a refusal is noted on p for acquire to keep.
 func (n *V2Notifier) openPSI(p *probe) {
-	if n.psiOff != nil {
-		return
-	}
 	f, err := n.fs.OpenFile(p.rel, "memory.pressure", unix.O_RDWR|unix.O_NONBLOCK)
 	if err == nil {
 		// The kernel overwrites the last byte written with a NUL.
@@ -368,31 +444,48 @@ func (n *V2Notifier) openPSI(p *probe) {
 		fd := int(f.Fd())
 		if err = unix.EpollCtl(n.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLPRI, Fd: int32(fd)}); err == nil {
 			p.psi = f
-			n.bySource[fd] = p
 			return
 		}
 		f.Close()
 	}
 	if cgroup.IsNotExist(err) && n.fs.Exists(p.rel) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
-		n.psiOff = err // psi=0, or no PSI in this kernel: not asked again
+		p.psiOff = err // psi=0, or no PSI in this kernel: not asked again
 	}
 }
 
-// release drops one reference to p, closing it with the last.
-func (n *V2Notifier) release(p *probe) {
+// release drops one reference to p. With the last, p leaves every table,
+// and its files are returned for the caller to close once it has let go of
+// the lock.
+func (n *V2Notifier) release(p *probe) (last *probe) {
 	p.refs--
 	if p.refs > 0 || n.closed {
-		return
+		return nil
 	}
-	n.closeProbe(p)
-	n.rearm()
+	return n.forgetProbe(p)
 }
 
-func (n *V2Notifier) closeProbe(p *probe) {
+// forgetProbe takes p out of every table; its files stay open.
+func (n *V2Notifier) forgetProbe(p *probe) *probe {
 	n.unqueue(p)
+	for _, f := range []*os.File{p.events, p.psi} {
+		if f != nil && n.bySource[int(f.Fd())] == p {
+			delete(n.bySource, int(f.Fd()))
+		}
+	}
+	if n.probes[p.rel] == p {
+		delete(n.probes, p.rel)
+	}
+	return p
+}
+
+// closeFiles closes the files of a probe that no table holds any more
+// (nil: nothing to do). A timer armed for it fires into an empty Sample.
+func (n *V2Notifier) closeFiles(p *probe) {
+	if p == nil {
+		return
+	}
 	n.detachSources(p)
 	p.current.Close()
-	delete(n.probes, p.rel)
 }
 
 // detachSources takes p's event sources out of the epoll set and closes
@@ -401,7 +494,6 @@ func (n *V2Notifier) detachSources(p *probe) {
 	for _, f := range []*os.File{p.events, p.psi} {
 		if f != nil {
 			_ = unix.EpollCtl(n.ep, unix.EPOLL_CTL_DEL, int(f.Fd()), nil)
-			delete(n.bySource, int(f.Fd()))
 			f.Close()
 		}
 	}
@@ -430,6 +522,11 @@ func (n *V2Notifier) Sample() []int {
 			n.armedFor = -1
 			continue
 		}
+		if fd == n.kick {
+			var buf [8]byte
+			_, _ = unix.Read(n.kick, buf[:])
+			continue
+		}
 		p, ok := n.bySource[fd]
 		if !ok {
 			continue
@@ -449,7 +546,7 @@ func (n *V2Notifier) Sample() []int {
 
 // onEvents reads p's memory.events.local after the kernel changed it.
 func (n *V2Notifier) onEvents(p *probe, now time.Duration) {
-	c, err := n.readEvents(p.events)
+	c, err := readEvents(p.events, n.buf)
 	if err != nil {
 		n.fail(p)
 		return
@@ -466,8 +563,8 @@ func (n *V2Notifier) onEvents(p *probe, now time.Duration) {
 	}
 }
 
-func (n *V2Notifier) readEvents(f *os.File) (eventCounts, error) {
-	data, err := pread(f, n.buf)
+func readEvents(f *os.File, buf []byte) (eventCounts, error) {
+	data, err := pread(f, buf)
 	if err != nil {
 		return eventCounts{}, err
 	}
@@ -520,6 +617,11 @@ func (n *V2Notifier) fail(p *probe) {
 	}
 	p.dead = true
 	n.unqueue(p)
+	for _, f := range []*os.File{p.events, p.psi} {
+		if f != nil {
+			delete(n.bySource, int(f.Fd()))
+		}
+	}
 	n.detachSources(p)
 	for _, w := range p.levels {
 		n.fire(w.Eventfd)

@@ -25,6 +25,8 @@ const (
 type Metrics struct {
 	reg                   *prometheus.Registry
 	guarded               prometheus.Gauge
+	unguarded             prometheus.Gauge
+	faults                *prometheus.CounterVec
 	crossings             prometheus.Counter
 	actions               *prometheus.CounterVec
 	standDowns            *prometheus.CounterVec
@@ -44,6 +46,12 @@ func NewMetrics() *Metrics {
 		guarded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "oomguard_guarded_cgroups", Help: "Memory cgroups with a threshold set.",
 		}),
+		unguarded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "oomguard_unguarded_cgroups", Help: "Memory cgroups with a limit that the guard could not register (out of file descriptors, memory or epoll watches) and retries with back-off.",
+		}),
+		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oomguard_faults_total", Help: "Operations the kernel refused that the guard retries: registration (a cgroup's notifications), inotify-reset.",
+		}, []string{"kind"}),
 		crossings: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "oomguard_threshold_crossings_total", Help: "Threshold notifications from the kernel.",
 		}),
@@ -69,7 +77,7 @@ func NewMetrics() *Metrics {
 			Name: "oomguard_webhook_failed_attempts_total", Help: "Webhook POSTs that failed (network error or non-2xx).",
 		}),
 	}
-	m.reg.MustRegister(m.guarded, m.crossings, m.actions, m.standDowns, m.kernelKills, m.reaction,
+	m.reg.MustRegister(m.guarded, m.unguarded, m.faults, m.crossings, m.actions, m.standDowns, m.kernelKills, m.reaction,
 		m.webhookEvents, m.webhookFailedAttempts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist from the start at 0 make rate() and alerts work
@@ -87,6 +95,8 @@ func NewMetrics() *Metrics {
 }
 
 func (m *Metrics) SetGuarded(n int)        { m.guarded.Set(float64(n)) }
+func (m *Metrics) SetUnguarded(n int)      { m.unguarded.Set(float64(n)) }
+func (m *Metrics) Fault(kind string)       { m.faults.WithLabelValues(kind).Inc() }
 func (m *Metrics) Crossing()               { m.crossings.Inc() }
 func (m *Metrics) StandDown(reason string) { m.standDowns.WithLabelValues(reason).Inc() }
 
