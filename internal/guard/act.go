@@ -84,6 +84,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		}
 	case PolicyProcess:
 		sent, err = victim.Kill()
+		g.own.note(victim.Candidate, err)
 		ev.Reason = event.KillProcess
 		if group := g.oomGroup(c, victim.Cgroup); err == nil && group != "" {
 			ev.Reason = event.KillContainer
@@ -92,6 +93,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		}
 	case PolicyContainer:
 		sent, err = victim.Kill()
+		g.own.note(victim.Candidate, err)
 		ev.Reason = event.KillContainer
 		if err == nil {
 			target := victim.Cgroup
@@ -132,7 +134,11 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	g.killers.Add(1)
 	go func() {
 		defer g.killers.Done()
-		killed = append(killed, rest()...)
+		others := rest()
+		for _, k := range others {
+			g.own.note(k, nil)
+		}
+		killed = append(killed, others...)
 		c.killingRest.Store(false)
 		g.report(ev, killed, reaction, note)
 	}()

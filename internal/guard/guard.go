@@ -52,6 +52,10 @@ type cg struct {
 	oomKills   uint64    // kernel oom_kill count already reported
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
 	oomChecks  int       // checks done since the kernel's OOM notification
+	// oomSeen is the processes listed at the kernel's last OOM
+	// notification (pid to start time): without the oom_kill counter
+	// (before 4.13) one of them gone is a kill (kernelkill.go).
+	oomSeen map[int]uint64
 	// seen is the processes last seen in the cgroup's sub-tree while it
 	// was near its limit (at the early threshold, at the kernel's OOM
 	// notification): when the kernel's kill counter moves, the one that
@@ -83,6 +87,7 @@ type Guard struct {
 	regSlots       chan struct{}
 	regs           sync.WaitGroup
 	killers        sync.WaitGroup // container kills off the loop (act.go)
+	own            ownKills       // the guard's own recent kills (kernelkill.go)
 	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
 	inotifyFailing bool           // the last inotify reset was refused
 	inFlight       int            // registrations started, not yet installed

@@ -255,6 +255,53 @@ func TestNoopLeavesItToTheKernel(t *testing.T) {
 	if n := len(filter(sink.all(), event.WouldKill)); n != 1 {
 		t.Fatalf("noop reported %d times for one spike", n)
 	}
+	time.Sleep(200 * time.Millisecond) // every check after the notification done
+	if n := len(filter(sink.all(), event.CgroupOOM)); n != 1 {
+		t.Fatalf("one kernel kill reported %d times: %+v", n, filter(sink.all(), event.CgroupOOM))
+	}
+}
+
+// An OOM notification after which the kernel killed nothing is no kill:
+// with oom_kill_disable set the kernel notifies (under_oom 1) and its
+// tasks wait instead of dying. Nothing is reported, on kernels with the
+// oom_kill counter and (inferring kills from the processes gone) without.
+func TestOOMThatKillsNothingIsNotReported(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 64<<20)
+	if err := os.WriteFile(cg.Path("c")+"/memory.oom_control", []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Policy = guard.PolicyNoop
+	sink := startGuard(t, cg, cfg)
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	sink.wait(t, event.WouldKill, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, err := os.ReadFile(cg.Path("c") + "/memory.oom_control")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(data), "under_oom 1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cgroup never went under OOM: %q", data)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the guard's checks after the notification: 50 ms
+	if evs := filter(sink.all(), event.CgroupOOM); len(evs) != 0 {
+		t.Fatalf("an OOM that killed nothing reported as %d kill(s): %+v", len(evs), evs)
+	}
+	// Let the waiting hog go: a higher limit, then the test's own kill.
+	cg.SetLimit(t, rel, 256<<20)
+	_ = hog.Process.Kill()
+	testenv.WaitExit(t, hog, 10*time.Second)
+	if n := oomKills(t, cg, rel); n != 0 {
+		t.Fatalf("kernel oom_kill = %d with oom_kill_disable, want 0", n)
+	}
 }
 
 func filter(evs []event.Event, r event.Reason) []event.Event {

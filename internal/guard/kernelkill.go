@@ -2,11 +2,14 @@ package guard
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"k8s.io/klog/v2"
@@ -18,8 +21,13 @@ import (
 // counters a little later.
 func (g *Guard) onKernelOOM(c *cg, notified time.Time) {
 	klog.V(2).Infof("cgroup %s: the kernel reports it out of memory", c.rel)
-	if cands, err := g.killer.Candidates(c.rel, c.limit); err == nil || len(cands) > 0 {
+	cands, err := g.killer.Candidates(c.rel, c.limit)
+	if err == nil || len(cands) > 0 {
 		c.remember(cands)
+	}
+	c.oomSeen = make(map[int]uint64, len(cands))
+	for _, k := range cands {
+		c.oomSeen[k.Pid] = k.StartTime
 	}
 	c.oomChecks = 0
 	c.oomCheckAt = notified.Add(oomCheckDelays[0])
@@ -45,6 +53,15 @@ func (g *Guard) countKernelKills(c *cg) {
 			continue
 		}
 		n, err := g.mem.OOMKills(rel)
+		if errors.Is(err, cgroup.ErrNoOOMKillCounter) {
+			// Before 4.13: each kill is inferred, so the count goes on
+			// to the last check (a second victim may follow the first).
+			if g.inferKernelKills(c, rel, usage, stat.Text) > 0 {
+				counted = true
+			}
+			waiting = true
+			continue
+		}
 		if err != nil || n <= d.oomKills {
 			continue
 		}
@@ -85,7 +102,97 @@ func (g *Guard) countKernelKills(c *cg) {
 		c.oomCheckAt = time.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
 		return
 	}
-	c.seen = nil
+	c.seen, c.oomSeen = nil, nil
+}
+
+// inferKernelKills reports the kernel's OOM kills in cgroup rel (c or below
+// it) on a kernel whose memory.oom_control has no oom_kill counter (3.10 to
+// 4.12: only oom_kill_disable and under_oom), and returns how many. The OOM
+// eventfd told that the kernel's OOM path ran for c; a kill is a process
+// seen in rel in this episode (at the early threshold or at the
+// notification) that is now
+//   - dying or dead of SIGKILL (exit code or pending signal: FateOf), or
+//   - gone without a trace (already reaped), having been listed at the
+//     notification itself,
+//
+// and that the guard did not kill itself. Each is reported once (it leaves
+// c.seen), naming the victim; the reconciler joins it, by pid, with the
+// kernel log's record of the same kill (3.10's "Kill process ... or
+// sacrifice child" formats included), so it is reported once even when
+// both saw it. A notification after which nothing died of SIGKILL (the
+// victim was already exiting, oom_kill_disable is set, a task was
+// sacrificed elsewhere) reports nothing. What is lost against the counter:
+// a victim that had already left the cgroup's process list when the
+// guard looked at the notification and was reaped before the check is
+// reported from the kernel log alone, not without it.
+func (g *Guard) inferKernelKills(c *cg, rel string, usage uint64, statText string) int {
+	var victims []kill.Candidate
+	for pid, k := range c.seen {
+		if k.Cgroup != rel || g.own.killed(k) {
+			continue
+		}
+		switch g.killer.FateOf(k) {
+		case kill.Killed:
+		case kill.Vanished:
+			if st, ok := c.oomSeen[pid]; !ok || st != k.StartTime {
+				continue
+			}
+		default:
+			continue
+		}
+		victims = append(victims, k)
+		delete(c.seen, pid)
+	}
+	slices.SortFunc(victims, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
+	for _, v := range victims {
+		g.metrics.KernelKill(event.CgroupOOM)
+		g.reportKernelKill(event.Event{
+			Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: statText, Policy: "Kernel", Reason: event.CgroupOOM,
+		}, []kill.Candidate{v})
+	}
+	return len(victims)
+}
+
+// ownKills remembers the processes the guard itself killed in the last
+// few seconds, so that, without the oom_kill counter, their deaths are not
+// taken for the kernel's. Noted from the loop and from the goroutines
+// that kill the rest of a container.
+type ownKills struct {
+	mu    sync.Mutex
+	procs map[int]ownKill
+}
+
+type ownKill struct {
+	startTime uint64
+	at        time.Time
+}
+
+const ownKillMemory = 5 * time.Second
+
+func (o *ownKills) note(k kill.Candidate, err error) {
+	if err != nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	if o.procs == nil {
+		o.procs = map[int]ownKill{}
+	}
+	for pid, e := range o.procs {
+		if now.Sub(e.at) > ownKillMemory {
+			delete(o.procs, pid)
+		}
+	}
+	o.procs[k.Pid] = ownKill{k.StartTime, now}
+}
+
+func (o *ownKills) killed(k kill.Candidate) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	e, ok := o.procs[k.Pid]
+	return ok && e.startTime == k.StartTime
 }
 
 // goneFrom lists the processes seen in cgroup rel (below c) that no longer run.

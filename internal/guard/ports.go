@@ -36,6 +36,9 @@ type Killer interface {
 	KillGroup(rel string) ([]kill.Candidate, time.Time, error)
 	// Alive tells whether a process seen earlier still runs.
 	Alive(c kill.Candidate) bool
+	// FateOf tells what became of a process seen earlier: killed by
+	// SIGKILL, exited, vanished without a trace or still running.
+	FateOf(c kill.Candidate) kill.Fate
 }
 
 // Sink takes events; Send must not block.

@@ -268,3 +268,60 @@ func truncate(b []byte) []byte {
 	}
 	return b
 }
+
+// Fate is what became of a process seen earlier.
+type Fate int
+
+const (
+	// Running: same process, not on its way out.
+	Running Fate = iota
+	// Killed: dying or dead of SIGKILL (its exit code says so, or SIGKILL
+	// is pending).
+	Killed
+	// Exited: dying or dead of something else (exit, another signal).
+	Exited
+	// Vanished: reaped, no trace left (or its PID names another process).
+	Vanished
+)
+
+// FateOf tells what became of c, from /proc/PID/stat's state, flags and
+// exit_code (field 52, 3.5+: the status a dying or zombie task will be
+// reaped with; its low 7 bits the killing signal) and status's pending
+// signals. It is how kernel OOM kills are told from exits on a kernel
+// without the oom_kill counter (before 4.13): the OOM killer's victim dies
+// of SIGKILL.
+func (p Proc) FateOf(c Candidate) Fate {
+	var buf [4096]byte
+	data, err := p.read(c.Pid, "stat", buf[:])
+	if err != nil {
+		return Vanished
+	}
+	_, st, err := ParseStat(data)
+	if err != nil || st != c.StartTime {
+		return Vanished
+	}
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	const stateIndex, flagsIndex, exitCodeIndex = 3 - 3, 9 - 3, 52 - 3
+	if len(fields) <= flagsIndex {
+		return Vanished
+	}
+	if len(fields) > exitCodeIndex {
+		if code, err := strconv.ParseUint(fields[exitCodeIndex], 10, 64); err == nil && code != 0 {
+			if code&0x7f == uint64(unix.SIGKILL) {
+				return Killed
+			}
+			return Exited
+		}
+	}
+	if sdata, err := p.read(c.Pid, "status", buf[:]); err == nil && killPending(sdata) {
+		return Killed
+	}
+	if fields[stateIndex] == "Z" || fields[stateIndex] == "X" {
+		return Exited // exit status 0
+	}
+	const pfExiting = 0x4
+	if flags, err := strconv.ParseUint(fields[flagsIndex], 10, 64); err == nil && flags&pfExiting != 0 {
+		return Exited
+	}
+	return Running
+}
