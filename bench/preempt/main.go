@@ -14,7 +14,7 @@
 // a kernel OOM kill to its event, and the guard's idle cost with many
 // guarded cgroups.
 //
-//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000]
+//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000] [-oldkernel 3.10]
 //	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events,events+high,poll+events+high]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
@@ -80,7 +80,11 @@ func main() {
 	v2Mechs := flag.String("v2-mechanisms", "events,psi,poll,poll+events,events+high,poll+events+high",
 		"v2: crossing mechanisms to compare, the last being the guard's default; +high: with the memory.high tripwire at the threshold")
 	v2Timeout := flag.Duration("v2-timeout", 40*time.Minute, "v2: bound on the whole VM run")
+	oldKernel := flag.String("oldkernel", "", "v1: run under cmd/oldkernel's surface of this kernel (3.10, 4.14, 4.20): the guard with an old kernel's system calls and files")
 	flag.Parse()
+	if *oldKernel != "" && os.Getenv("OOMGUARD_OLDKERNEL") == "" {
+		os.Exit(underOldKernel(*oldKernel))
+	}
 	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
 	v2 = v1
 	v2.Runs, v2.Limits, v2.Mechanisms, v2.GuardBin = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), ""
@@ -100,6 +104,38 @@ func main() {
 	if failed {
 		os.Exit(1)
 	}
+}
+
+// underOldKernel runs this benchmark again under cmd/oldkernel (built
+// now), whose seccomp filter answers ENOSYS to every system call the old
+// kernel lacked: the guard in it kills by kill(2), opens without openat2,
+// counts kernel kills without oom_kill, as on that kernel.
+func underOldKernel(release string) int {
+	dir, err := os.MkdirTemp("", "oomguard-bench-oldkernel-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	helper := filepath.Join(dir, "oldkernel")
+	build := exec.Command("go", "build", "-o", helper, "./cmd/oldkernel")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build cmd/oldkernel: %v\n%s", err, out)
+		return 1
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cmd := exec.Command(helper, append([]string{"-kernel", release, self}, os.Args[1:]...)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "under the old kernel's surface:", err)
+		return 1
+	}
+	return 0
 }
 
 func ints(s string) []int {
@@ -351,13 +387,17 @@ func printTable(out io.Writer, h hierarchy, rows []row, cfg guard.Config, floor 
 		h.version, kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, cfg.MaxMargin>>20, floor)
 	fmt.Fprintln(out, "| mechanism | limit | threads | runs | guard kills | kernel kills | preemption | reaction p50 | reaction p99 | reaction max | overshoot p50 | overshoot max |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	surface := ""
+	if k := os.Getenv("OOMGUARD_OLDKERNEL"); k != "" {
+		surface = " (" + k + " surface)"
+	}
 	for _, r := range rows {
 		total := r.guardKills + r.kernelKills
 		rate := 0.0
 		if total > 0 {
 			rate = 100 * float64(r.guardKills) / float64(total)
 		}
-		fmt.Fprintf(out, "| %s | %d MiB | %d | %d | %d | %d | %.0f%% | %v | %v | %v | %s | %s |\n", r.mechanism, r.limitMiB, r.threads, r.runs,
+		fmt.Fprintf(out, "| %s | %d MiB | %d | %d | %d | %d | %.0f%% | %v | %v | %v | %s | %s |\n", r.mechanism+surface, r.limitMiB, r.threads, r.runs,
 			r.guardKills, r.kernelKills, rate, us(pct(r.react, 0.5)), us(pct(r.react, 0.99)), us(pct(r.react, 1)),
 			kib(pctU(r.overshoot, 0.5)), kib(pctU(r.overshoot, 1)))
 	}

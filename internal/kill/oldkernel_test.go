@@ -2,8 +2,12 @@ package kill
 
 import (
 	"bytes"
+	"errors"
 	"os"
+	"os/exec"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // fixture reads a testdata file without its "#" header (which names the
@@ -59,5 +63,103 @@ func TestParseStatus414(t *testing.T) {
 	}
 	if s.RSSKB() != 196608+1024 {
 		t.Fatalf("RSSKB %d", s.RSSKB())
+	}
+}
+
+// Without pidfds: a Target held by its /proc/PID descriptor kills the
+// process it was opened for, and, once that process is reaped, kills
+// nothing (ErrGone), whoever has its number by then.
+func TestKillByPid(t *testing.T) {
+	start := func() *exec.Cmd {
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		return cmd
+	}
+	var p Proc
+	cmd := start()
+	c, err := p.Inspect(cmd.Process.Pid, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := p.openByPid(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil || cmd.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("not killed: %v", err)
+	}
+	if tg.procfd != -1 {
+		t.Fatal("procfd left open")
+	}
+
+	// Reaped before the kill: nothing is signalled.
+	cmd = start()
+	c, err = p.Inspect(cmd.Process.Pid, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err = p.openByPid(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
+	if _, err := tg.Kill(); !errors.Is(err, ErrGone) {
+		t.Fatalf("kill of a reaped process: %v, want ErrGone", err)
+	}
+
+	// A start time that is not the process's: refused at Open.
+	cmd = start()
+	c, err = p.Inspect(cmd.Process.Pid, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.StartTime++
+	if _, err := p.openByPid(c); !errors.Is(err, ErrGone) {
+		t.Fatalf("open with another start time: %v, want ErrGone", err)
+	}
+}
+
+// FateOf tells a SIGKILLed process from one that exited, before and after
+// it is reaped.
+func TestFateOf(t *testing.T) {
+	var p Proc
+	for _, tc := range []struct {
+		sig  syscall.Signal
+		want Fate
+	}{{syscall.SIGKILL, Killed}, {syscall.SIGTERM, Exited}} {
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c, err := p.Inspect(cmd.Process.Pid, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := p.FateOf(c); f != Running {
+			t.Fatalf("running process: fate %v", f)
+		}
+		_ = cmd.Process.Signal(tc.sig)
+		// A zombie until waited for: its exit code tells.
+		var f Fate
+		for i := 0; i < 1000; i++ {
+			if f = p.FateOf(c); f != Running {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if f != tc.want {
+			t.Errorf("%v: fate %v, want %v", tc.sig, f, tc.want)
+		}
+		_ = cmd.Wait()
+		if f := p.FateOf(c); f != Vanished {
+			t.Errorf("%v, reaped: fate %v, want Vanished", tc.sig, f)
+		}
 	}
 }

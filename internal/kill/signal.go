@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -24,14 +26,15 @@ var ErrGone = errors.New("process already gone")
 //
 //   - with a pidfd (5.3+): the kernel ties the descriptor to the process,
 //     so a signal through it never reaches another;
-//   - without (3.10 to 5.2): by PID and start time, signalled with
-//     kill(2) right after the start time is read again (see killByPid).
+//   - without (3.10 to 5.2): by a /proc/PID directory descriptor, opened
+//     and checked against the start time at Open, and kill(2) right after
+//     that descriptor is found to still name a live task (see killByPid).
 type Target struct {
 	Candidate
-	pidfd int  // the open pidfd; -1 without one
-	byPid bool // no pidfd on this kernel: kill(2) after a start-time check
-	used  bool
-	proc  Proc // reads the start time again (byPid)
+	pidfd  int  // the open pidfd; -1 without one
+	procfd int  // without pidfds: /proc/PID, opened at Open (O_PATH); -1 otherwise
+	byPid  bool // no pidfd on this kernel: kill(2) after the procfd check
+	used   bool
 }
 
 // Open holds c for a kill and checks the PID still names the process that
@@ -58,14 +61,44 @@ func (p Proc) Open(c Candidate) (*Target, error) {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
 	}
-	return &Target{Candidate: c, pidfd: pidfd}, nil
+	return &Target{Candidate: c, pidfd: pidfd, procfd: -1}, nil
 }
 
+// openByPid opens /proc/PID and reads the start time through that very
+// descriptor, so the descriptor is known to name the inspected process.
+// (Such a descriptor keeps naming that process's struct pid: once the
+// process is reaped, lookups through it fail, even if the number has been
+// given to another process meanwhile.)
 func (p Proc) openByPid(c Candidate) (*Target, error) {
-	if st, err := p.StartTime(c.Pid); err != nil || st != c.StartTime {
-		return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+	gone := fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
+	dir := strings.TrimSuffix(p.path(c.Pid, ""), "/")
+	procfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gone
 	}
-	return &Target{Candidate: c, pidfd: -1, byPid: true, proc: p}, nil
+	var buf [1024]byte
+	data, err := readAt(procfd, "stat", buf[:])
+	if err == nil {
+		var st uint64
+		if _, st, err = ParseStat(data); err == nil && st == c.StartTime {
+			return &Target{Candidate: c, pidfd: -1, procfd: procfd, byPid: true}, nil
+		}
+	}
+	unix.Close(procfd)
+	return nil, gone
+}
+
+func readAt(dirfd int, name string, buf []byte) ([]byte, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
 }
 
 // Kill sends SIGKILL, then (5.15+, with a pidfd) has the kernel release
@@ -84,12 +117,18 @@ func (t *Target) Kill() (time.Time, error) {
 	sent := time.Now()
 	if err == unix.ENOSYS {
 		// Not on any real kernel (pidfd_send_signal, 5.1, is older than
-		// pidfd_open, 5.3), but a filtered one: the fallback, at once.
+		// pidfd_open, 5.3), but a filtered one: the fallback, at once,
+		// checked against the start time as at Open.
 		permanentFailure("pidfd_send_signal", err)
 		kernel.MarkMissing(kernel.Pidfd)
 		unix.Close(t.pidfd)
-		t.pidfd, t.byPid = -1, true
-		return t.killByPid()
+		t.pidfd = -1
+		fb, ferr := Proc{}.openByPid(t.Candidate)
+		if ferr != nil {
+			return time.Time{}, ferr
+		}
+		fb.used = true
+		return fb.killByPid()
 	}
 	if err != nil {
 		unix.Close(t.pidfd)
@@ -107,39 +146,45 @@ func (t *Target) Kill() (time.Time, error) {
 	return sent, nil
 }
 
-// maxCheckAge bounds how long before kill(2) the start time may have been
-// read (see killByPid).
+// maxCheckAge bounds how long before kill(2) the check may have been made
+// (see killByPid).
 const maxCheckAge = 100 * time.Microsecond
 
 // killByPid signals the victim with kill(2), for a kernel without pidfds.
 //
 // PID reuse is ruled out as follows. A PID names another process only
-// after the victim has exited, been reaped by its parent (a zombie keeps
-// its PID, and killing a zombie does nothing), and the kernel's allocator
-// has come round to that number again: Linux hands PIDs out cyclically
-// (alloc_pid, idr_alloc_cyclic: the next free number above the last one
-// given), so that takes up to pid_max forks, CentOS 7's default pid_max
-// being 32768, which a busy node goes through in minutes, not microseconds.
-// So the start time in /proc/PID/stat (which a new process with the same
-// PID would not share) is read again right before the signal, on the
-// guard's locked real-time loop thread, and the two calls are back to
-// back: if the read took longer than maxCheckAge (the thread was held off
-// its CPU), it is read again. What remains is the few hundred nanoseconds
-// between the read's return and kill(2)'s entry, in which exit, reap and a
-// full wrap of the PID space would all have to happen. The container
-// kill does better still: it checks and signals while the v1 freezer
-// holds the cgroup (killEach), and a frozen task cannot exit at all.
+// after the victim has exited and been reaped by its parent (a zombie
+// keeps its PID, and killing a zombie does nothing), and the kernel's
+// allocator has come round to that number again: Linux hands PIDs out
+// cyclically (alloc_pid, idr_alloc_cyclic: the next free number above the
+// last one given), so that takes up to pid_max forks, CentOS 7's default
+// pid_max being 32768, which a busy node goes through in minutes, not
+// microseconds. The inspected process is held by a /proc/PID descriptor,
+// checked against its start time at Open (openByPid); right before the
+// signal, on the guard's locked real-time loop thread, a lookup through
+// that descriptor (faccessat) tells whether that process is still unreaped:
+// it fails once it is, whoever has the number since. The lookup and
+// kill(2) are back to back; a check that took longer than maxCheckAge
+// (the thread was held off its CPU) is made again. What remains is the
+// few hundred nanoseconds between the check's return and kill(2)'s entry,
+// in which exit, reap and a wrap of the whole PID space would all have to
+// happen. (The lookup costs about a microsecond; reading the start time
+// again from /proc/PID/stat cost 20-40 us on a process faulting in memory
+// at full speed, measured with bench/preempt.) The container kill does
+// better still: it checks and signals while the v1 freezer holds the
+// cgroup (killEach), and a frozen task cannot exit at all.
 func (t *Target) killByPid() (time.Time, error) {
+	defer t.closeProcfd()
 	for try := 0; ; try++ {
 		before := time.Now()
-		st, err := t.proc.StartTime(t.Pid)
-		if err != nil || st != t.StartTime {
+		_, _, errno := unix.Syscall6(unix.SYS_FACCESSAT, uintptr(t.procfd), uintptr(unsafe.Pointer(&statName[0])), unix.F_OK, 0, 0, 0)
+		if errno != 0 {
 			return time.Time{}, fmt.Errorf("pid %d (%s): %w", t.Pid, t.Comm, ErrGone)
 		}
 		if time.Since(before) > maxCheckAge && try < 3 {
 			continue
 		}
-		err = unix.Kill(t.Pid, unix.SIGKILL)
+		err := unix.Kill(t.Pid, unix.SIGKILL)
 		sent := time.Now()
 		switch {
 		case err == unix.ESRCH:
@@ -154,15 +199,28 @@ func (t *Target) killByPid() (time.Time, error) {
 	}
 }
 
+// statName is "stat", NUL-terminated, for the raw faccessat: faccessat
+// (2.6.16) rather than x/sys's Faccessat, which may use faccessat2 (5.8).
+var statName = [...]byte{'s', 't', 'a', 't', 0}
+
+func (t *Target) closeProcfd() {
+	if t.procfd >= 0 {
+		unix.Close(t.procfd)
+		t.procfd = -1
+	}
+}
+
 // Close gives up a Target that will not be killed.
 func (t *Target) Close() {
-	if t != nil && t.pidfd >= 0 {
+	if t == nil {
+		return
+	}
+	if t.pidfd >= 0 {
 		unix.Close(t.pidfd)
 		t.pidfd = -1
 	}
-	if t != nil {
-		t.used = true
-	}
+	t.closeProcfd()
+	t.used = true
 }
 
 // Process kills one candidate: Open, then Kill.
@@ -225,8 +283,9 @@ func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([
 // can freeze them, skipping self and those spare says to. The time is when
 // the first signal was sent.
 //
-// Without pidfds (before 5.3) each is signalled by kill(2) after its start
-// time is read again (Target.killByPid). Frozen, that check is airtight: a
+// Without pidfds (before 5.3) each is signalled by kill(2) after its
+// /proc/PID descriptor, checked against its start time, is found to name
+// an unreaped task (Target.killByPid). Frozen, that check is airtight: a
 // task held by the freezer cannot run, so cannot exit, so its PID cannot
 // be freed and handed to another process between the check and the
 // signal (SIGKILL does not thaw a v1-frozen task; it dies at the thaw).
@@ -307,7 +366,7 @@ func (p Proc) killAtOnce(fs *cgroup.FS, rel string) (killed []Candidate, sent ti
 	for _, t := range targets {
 		releaseInBackground(t.pidfd)
 		t.pidfd = -1
-		t.used = true
+		t.Close()
 	}
 	return cands, sent, true, nil
 }
