@@ -128,11 +128,18 @@ func HasOOMKillCounter(root string) bool {
 	return has
 }
 
+var cgroupKill sync.Map // root -> bool
+
 // HasCgroupKill tells whether the v2 hierarchy at root has cgroup.kill
-// (5.14). The root cgroup has none of its own: a child is looked at.
+// (5.14), looked at once per root. The root cgroup has none of its own: a
+// child is looked at; with none yet, it is assumed (a kill then falls back
+// on ENOENT).
 func HasCgroupKill(root string) bool {
 	if Hidden(CgroupKill) {
 		return false
+	}
+	if v, ok := cgroupKill.Load(root); ok {
+		return v.(bool)
 	}
 	ents, err := os.ReadDir(root)
 	if err != nil {
@@ -141,10 +148,11 @@ func HasCgroupKill(root string) bool {
 	for _, e := range ents {
 		if e.IsDir() {
 			_, err := os.Stat(filepath.Join(root, e.Name(), "cgroup.kill"))
+			cgroupKill.Store(root, err == nil)
 			return err == nil
 		}
 	}
-	return true // no child to look at: assume so, and fall back on ENOENT
+	return true
 }
 
 // Release is the running kernel's release (uname -r).

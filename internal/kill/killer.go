@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/kernel"
 )
 
 // Killer kills within one memory hierarchy.
@@ -42,10 +43,10 @@ func (k Killer) KillGroup(rel string) ([]Candidate, time.Time, error) {
 }
 
 // kill kills rel's processes but those spare names: on v2 with one write
-// to cgroup.kill when there are none to spare (and the guard is not among
-// them), else one by one, frozen first.
+// to cgroup.kill (5.14+) when there are none to spare (and the guard is not
+// among them), else one by one, frozen first (cgroup.freeze, 5.2+).
 func (k Killer) kill(rel string, spare func(Candidate) bool) ([]Candidate, time.Time, error) {
-	if k.Unified && !k.anyToSpare(rel, spare) {
+	if k.Unified && kernel.HasCgroupKill(k.Mem.Root) && !k.anyToSpare(rel, spare) {
 		killed, sent, ok, err := k.Proc.killAtOnce(k.Mem, rel)
 		if ok {
 			return killed, sent, err
