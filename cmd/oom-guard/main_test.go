@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/guard"
 	"github.com/oom-guard/oom-guard/internal/testenv"
@@ -632,5 +634,54 @@ func TestResolveRoot(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%s: %q -> %q, %v; want %q", tc.name, tc.spec, got, err, tc.want)
 		}
+	}
+}
+
+// At start the guard says in one log line which kernel it runs on and,
+// for each feature it uses, whether it is there and what it does instead,
+// and /metrics says the same. Under cmd/oldkernel (make test-oldkernel)
+// the line names what that kernel lacks.
+func TestStartupNamesKernelFeatures(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	cg.Child(t, "app", 64<<20)
+	port := freePort(t)
+	d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, nil,
+		"--policy=noop", "--port="+strconv.Itoa(port), "--webhook-url=", "--kmsg=", "--v=2", "--logtostderr")
+	var line string
+	for _, l := range strings.Split(d.stderr.String(), "\n") {
+		if strings.Contains(l, "] kernel ") {
+			if line != "" {
+				t.Fatalf("two kernel lines:\n%s\n%s", line, l)
+			}
+			line = l
+		}
+	}
+	var u unix.Utsname
+	_ = unix.Uname(&u)
+	release := unix.ByteSliceToString(u.Release[:])
+	if !strings.Contains(line, "kernel "+release+":") {
+		t.Fatalf("no start-up line naming kernel %s: %q", release, line)
+	}
+	old := os.Getenv("OOMGUARD_OLDKERNEL")
+	for _, f := range []string{"pidfd", "process_mrelease", "openat2", "nspid", "oom_kill"} {
+		present := f + " yes"
+		missing := f + " ("
+		switch {
+		case old == "" && !strings.Contains(line, present):
+			t.Errorf("full kernel: %q lacks %q", line, present)
+		case old == "3.10" && !strings.Contains(line, missing):
+			t.Errorf("3.10 surface: %q does not say %s is missing", line, f)
+		}
+	}
+	if old != "" && !strings.HasPrefix(line, "W") {
+		t.Errorf("missing features logged below warning level: %q", line)
+	}
+	metrics := scrape(t, port, "/metrics")
+	want := `oomguard_kernel_feature{fallback="",feature="openat2",release="` + release + `",since="5.6"} 1`
+	if old != "" {
+		want = `feature="openat2",release="` + release + `",since="5.6"} 0`
+	}
+	if !strings.Contains(metrics, want) {
+		t.Errorf("/metrics lacks %q", want)
 	}
 }
