@@ -261,6 +261,63 @@ func TestNoopLeavesItToTheKernel(t *testing.T) {
 	}
 }
 
+// Several kernel kills in one cgroup, one after another: each reported
+// once, as many events as the kernel's own counter says, on kernels with
+// the counter and (inferred from the processes gone) without.
+func TestKernelKillsReportedOnceEach(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 64<<20)
+	cfg := testConfig()
+	cfg.Policy = guard.PolicyNoop
+	sink := startGuard(t, cg, cfg)
+	var hogs []*exec.Cmd
+	for i := 0; i < 3; i++ {
+		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+		cg.Start(t, rel, hog)
+		hogs = append(hogs, hog)
+	}
+	for _, hog := range hogs {
+		testenv.WaitExit(t, hog, 20*time.Second)
+	}
+	kernel := oomKills(t, cg, rel)
+	if kernel < 3 {
+		t.Fatalf("kernel oom_kill = %d, want 3 (all three hogs)", kernel)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for uint64(len(filter(sink.all(), event.CgroupOOM))) < kernel && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // nothing more may come
+	evs := filter(sink.all(), event.CgroupOOM)
+	if uint64(len(evs)) != kernel {
+		var named []string
+		for _, ev := range evs {
+			named = append(named, ev.Killed)
+		}
+		t.Fatalf("%d kernel kills (hogs %d %d %d) reported as %d events, naming %q", kernel,
+			hogs[0].Process.Pid, hogs[1].Process.Pid, hogs[2].Process.Pid, len(evs), named)
+	}
+	// A counter event may name no victim (one the guard never saw); an
+	// inferred one always names it. No victim is named twice.
+	seen := map[int]bool{}
+	for _, ev := range evs {
+		if len(ev.Processes) == 0 {
+			continue
+		}
+		if seen[ev.Processes[0].Pid] {
+			t.Fatalf("victim %d reported twice: %q", ev.Processes[0].Pid, ev.Killed)
+		}
+		seen[ev.Processes[0].Pid] = true
+	}
+	if len(seen) == len(evs) {
+		for _, hog := range hogs {
+			if !seen[hog.Process.Pid] {
+				t.Errorf("hog %d killed by the kernel, not named; events name %v", hog.Process.Pid, seen)
+			}
+		}
+	}
+}
+
 // An OOM notification after which the kernel killed nothing is no kill:
 // with oom_kill_disable set the kernel notifies (under_oom 1) and its
 // tasks wait instead of dying. Nothing is reported, on kernels with the

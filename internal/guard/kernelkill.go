@@ -142,6 +142,9 @@ func (g *Guard) inferKernelKills(c *cg, rel string, usage uint64, statText strin
 		}
 		victims = append(victims, k)
 		delete(c.seen, pid)
+		// A victim still dying is listed again at the next notification:
+		// its death is accounted for.
+		g.own.note(k, nil)
 	}
 	slices.SortFunc(victims, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
 	for _, v := range victims {
@@ -154,10 +157,12 @@ func (g *Guard) inferKernelKills(c *cg, rel string, usage uint64, statText strin
 	return len(victims)
 }
 
-// ownKills remembers the processes the guard itself killed in the last
-// few seconds, so that, without the oom_kill counter, their deaths are not
-// taken for the kernel's. Noted from the loop and from the goroutines
-// that kill the rest of a container.
+// ownKills remembers the processes whose deaths are accounted for: those
+// the guard itself killed, and the kernel's victims already reported,
+// for a minute (a victim can take that long to die on a struggling
+// node), so that, without the oom_kill counter, no death is taken for a
+// kernel kill, or reported, twice. Noted from the loop and from the
+// goroutines that kill the rest of a container.
 type ownKills struct {
 	mu    sync.Mutex
 	procs map[int]ownKill
@@ -168,7 +173,7 @@ type ownKill struct {
 	at        time.Time
 }
 
-const ownKillMemory = 5 * time.Second
+const ownKillMemory = time.Minute
 
 func (o *ownKills) note(k kill.Candidate, err error) {
 	if err != nil {
