@@ -32,6 +32,10 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
 		g.warnUnlessGone(c, "list processes", err)
 		return nil
 	}
+	if kill.AnyDying(cands, g.self) {
+		klog.V(3).Infof("cgroup %s: above its threshold, a process already dying: waiting for its memory", c.rel)
+		return nil
+	}
 	best, ok := kill.Choose(cands, g.self)
 	if !ok {
 		klog.Warningf("cgroup %s: above its threshold %s, but no process may be killed", c.rel, bytesMiB(c.threshold))

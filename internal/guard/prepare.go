@@ -62,7 +62,7 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 	}
 	c.remember(cands)
 	best, ok := kill.Choose(cands, g.self)
-	if !ok {
+	if !ok || kill.AnyDying(cands, g.self) {
 		return
 	}
 	target, err := g.killer.Open(best)

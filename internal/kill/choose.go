@@ -42,6 +42,21 @@ func Choose(cands []Candidate, self int) (Candidate, bool) {
 
 func rss(c Candidate) uint64 { return c.Status.RSSKB() }
 
+// AnyDying tells whether a process that may be killed is already dying of
+// SIGKILL (a victim killed a moment ago, its memory not yet back). The kernel's
+// OOM killer then kills nobody else and waits (oom_evaluate_task aborts on
+// a task already being killed); so does the guard. It matters most where
+// process_mrelease (5.15) is missing and memory comes back only as the
+// victim exits.
+func AnyDying(cands []Candidate, self int) bool {
+	for _, c := range cands {
+		if c.Dying && Eligible(c, self) {
+			return true
+		}
+	}
+	return false
+}
+
 // Candidates inspects every process of rel and its descendants, scoring
 // them against the cgroup's limit (bytes; cgroup.Unlimited scores against
 // the host's memory, as the kernel's global OOM killer would). Processes

@@ -163,3 +163,37 @@ func TestFateOf(t *testing.T) {
 		}
 	}
 }
+
+// A process killed a moment ago reads as Dying until it is gone; one that
+// exits of its own accord never does.
+func TestInspectDying(t *testing.T) {
+	var p Proc
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	c, err := p.Inspect(cmd.Process.Pid, 1<<20)
+	if err != nil || c.Dying {
+		t.Fatalf("running: %+v, %v", c, err)
+	}
+	if !AnyDying([]Candidate{{Pid: 5, Dying: true}}, 1) || AnyDying([]Candidate{{Pid: 5, Dying: true, OOMScoreAdj: OOMScoreAdjMin}}, 1) {
+		t.Fatal("AnyDying")
+	}
+	// The zombie's status: SigPnd is gone, exit_code says SIGKILL.
+	_ = cmd.Process.Kill()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		data, err := os.ReadFile(p.path(cmd.Process.Pid, "stat"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if killedExiting(data) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("killed, but stat %q does not say so", data)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -35,6 +35,9 @@ type Candidate struct {
 	OOMScore int
 	Status   Status
 	Cgroup   string // the cgroup (relative path) the process was found in
+	// Dying: killed (SIGKILL pending, or exiting of it) when inspected;
+	// its memory is coming back.
+	Dying bool
 }
 
 // Status is what /proc/PID/status tells of a process's memory.
@@ -116,6 +119,7 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	if c.Comm, c.StartTime, err = ParseStat(data); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "stat"), err)
 	}
+	c.Dying = killedExiting(data)
 	if data, err = p.read(pid, "oom_score_adj", buf[:]); err != nil {
 		return c, err
 	}
@@ -128,6 +132,7 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	if c.Status, err = ParseStatus(bytes.NewReader(data)); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "status"), err)
 	}
+	c.Dying = c.Dying || killPending(data)
 	if !kernel.HasNSpid() {
 		c.Status.PidInNS = 0 // test-only: as a kernel before 4.1, which has no NSpid line
 	}
@@ -174,6 +179,20 @@ func (p Proc) Alive(c Candidate) bool {
 		return false
 	}
 	return !killPending(data)
+}
+
+// killedExiting tells whether /proc/PID/stat shows the process on its
+// way out of SIGKILL: its exit_code (field 52, 3.5+), set when it starts
+// to exit, names that signal. A process exiting of its own accord does not
+// count: its memory is coming back too, but the guard does not wait for it.
+func killedExiting(stat []byte) bool {
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	const exitCodeIndex = 52 - 3
+	if len(fields) <= exitCodeIndex {
+		return false
+	}
+	code, err := strconv.ParseUint(fields[exitCodeIndex], 10, 64)
+	return err == nil && code != 0 && code&0x7f == uint64(unix.SIGKILL)
 }
 
 // killPending tells whether /proc/PID/status shows SIGKILL pending, for the
