@@ -26,7 +26,8 @@ type Notifier interface {
 type Killer interface {
 	// Candidates lists rel's processes scored against limit.
 	Candidates(rel string, limit uint64) ([]kill.Candidate, error)
-	// Open holds a chosen victim by pidfd, ready to be killed.
+	// Open holds a chosen victim (by pidfd, or before 5.3 by a /proc/PID
+	// handle), ready to be killed.
 	Open(c kill.Candidate) (*kill.Target, error)
 	// KillContainer kills every process of the container cgroup rel.
 	KillContainer(rel string) ([]kill.Candidate, time.Time, error)

@@ -3,7 +3,7 @@
 // every kernel from CentOS 7's 3.10 up; most of what it prefers came later:
 //
 //	feature            since  without it
-//	pidfd              5.3    kill(2) by pid, start time re-checked just before (see internal/kill)
+//	pidfd              5.3    kill(2) through a /proc/PID handle checked just before (see internal/kill)
 //	process_mrelease   5.15   none: the victim's memory comes back as it exits
 //	openat2            5.6    open(2) with a lexical check, and fstatfs: a cgroup file system
 //	cgroup.kill (v2)   5.14   every task signalled, frozen first (cgroup.freeze, 5.2)
@@ -177,7 +177,7 @@ type Feature struct {
 // metric; the kill path asks the Has functions, which are cached.
 func Detect(root string, v2 bool) []Feature {
 	fs := []Feature{
-		{Pidfd, "5.3", HasPidfd(), "kill(2) by pid, start time re-checked right before the signal (v1 container kill: while frozen)"},
+		{Pidfd, "5.3", HasPidfd(), "kill(2) through a /proc/PID handle checked against the start time, looked up right before the signal (v1 container kill: while frozen)"},
 		{ProcessMrelease, "5.15", HasProcessMrelease(), "none: a victim's memory is freed as it exits, not at once"},
 		{Openat2, "5.6", HasOpenat2(), "open(2) of lexically checked paths, fstatfs: only cgroup files"},
 		{NSpid, "4.1", HasNSpid(), "a container's init told by the pid its runtime reports; without a runtime a child OOM is reported as CgroupOOM only"},
