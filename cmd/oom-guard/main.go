@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -78,9 +77,10 @@ func serve(o *options, mem cgroup.Memory) error {
 	}
 	rec := reconcile.New(reconcile.Config{
 		Hostname: o.guard.Hostname, MemRoot: memRoot(mem), Scope: mem.FS().Root,
-		Inspector: rt.inspector, Procs: procsOf(mem),
-		OnChildOOM: childOOMAction(o, mem, killer),
+		Inspector: rt.inspector, Procs: procsOf(mem), Metrics: metrics,
+		KillOnChildOOM: childOOMKiller(o, mem, killer),
 	}, report.Fanout(sinks...))
+	metrics.CountDropped("reconcile", rec.Dropped)
 	g, err := guard.New(o.guard, mem, notifier, killer, rec, metrics)
 	if err != nil {
 		rec.Stop()
@@ -196,30 +196,32 @@ func memRoot(mem cgroup.Memory) string {
 func procsOf(mem cgroup.Memory) func(string) ([]int, error) {
 	fs := &cgroup.FS{Root: memRoot(mem)}
 	return func(abs string) ([]int, error) {
-		rel := strings.TrimPrefix(abs, strings.TrimSuffix(fs.Root, "/"))
+		rel, ok := fs.Rel(abs)
+		if !ok {
+			return nil, fmt.Errorf("cgroup %s: outside %s", abs, fs.Root)
+		}
 		return fs.Procs(rel, true)
 	}
 }
 
-// childOOMAction is --kill-container-on-child-oom: the container the kernel
+// childOOMKiller is --kill-container-on-child-oom: the container the kernel
 // took a child from is killed whole, through its runtime where one has it.
-func childOOMAction(o *options, mem cgroup.Memory, killer kill.ViaRuntime) func(event.Event) {
+func childOOMKiller(o *options, mem cgroup.Memory, killer kill.ViaRuntime) reconcile.ContainerKiller {
 	if !o.killContainerOnChildOOM {
 		return nil
 	}
-	root := strings.TrimSuffix(mem.FS().Root, "/")
-	return func(ev event.Event) {
-		if !strings.HasPrefix(ev.ProcCgroup, root+"/") && ev.ProcCgroup != root {
-			return
+	fs := mem.FS()
+	return func(abs string) ([]event.Process, error) {
+		rel, ok := fs.Rel(abs)
+		if !ok {
+			return nil, fmt.Errorf("cgroup %s: outside %s", abs, fs.Root)
 		}
-		rel := "/" + strings.TrimPrefix(strings.TrimPrefix(ev.ProcCgroup, root), "/")
 		killed, _, err := killer.KillContainer(rel)
-		if err != nil {
-			klog.Errorf("container %s: kill after its child's OOM: %v", ev.ContainerID, err)
-			return
+		ps := make([]event.Process, 0, len(killed))
+		for _, k := range killed {
+			ps = append(ps, k.Process(fs.Path(k.Cgroup, "")))
 		}
-		klog.Warningf("container %s (%s): killed whole after the kernel OOM-killed its child %s: %d process(es)",
-			ev.ContainerName, ev.ContainerID, strings.TrimSpace(ev.Killed), len(killed))
+		return ps, err
 	}
 }
 

@@ -315,7 +315,7 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	metrics := scrape(t, port, "/metrics")
 	for _, want := range []string{
 		`oomguard_guarded_cgroups 1`,
-		`oomguard_actions_total{reason="OomGuardKillProcess"} 1`,
+		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillProcess"} 1`,
 		`oomguard_reaction_seconds_count 1`,
 	} {
 		if !strings.Contains(metrics, want) {
@@ -476,7 +476,7 @@ func TestHungWebhookDoesNotDelayKills(t *testing.T) {
 		}
 	}
 	metrics := scrape(t, port, "/metrics")
-	if want := fmt.Sprintf(`oomguard_actions_total{reason="OomGuardKillProcess"} %d`, hogs); !strings.Contains(metrics, want) {
+	if want := fmt.Sprintf(`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillProcess"} %d`, hogs); !strings.Contains(metrics, want) {
 		t.Fatalf("/metrics lacks %q", want)
 	}
 	mu.Lock()

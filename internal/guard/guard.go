@@ -64,7 +64,7 @@ type Guard struct {
 	mem      cgroup.Memory
 	notifier Notifier
 	killer   Killer
-	sink     Sink
+	reporter Reporter
 	metrics  Metrics
 	self     int
 
@@ -101,7 +101,7 @@ type Guard struct {
 }
 
 // New makes a guard over mem's hierarchy. It does nothing until Run.
-func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics) (*Guard, error) {
+func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, r Reporter, m Metrics) (*Guard, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics)
 		m = NopMetrics{}
 	}
 	return &Guard{
-		cfg: cfg, mem: mem, notifier: n, killer: k, sink: s, metrics: m, self: os.Getpid(),
+		cfg: cfg, mem: mem, notifier: n, killer: k, reporter: r, metrics: m, self: os.Getpid(),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
 		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),

@@ -38,10 +38,17 @@ type Killer interface {
 	Alive(c kill.Candidate) bool
 }
 
-// Sink takes events; Send must not block.
-type Sink interface{ Send(event.Event) }
+// Reporter takes the loop's facts, of which one stage (package reconcile)
+// makes the events and counts; it must not block.
+type Reporter interface {
+	// Acted: the guard killed (or under noop would have).
+	Acted(event.Action)
+	// Counted: a cgroup's counter says the kernel OOM-killed a process.
+	Counted(event.CounterKill)
+}
 
-// Metrics is what the guard counts.
+// Metrics is what the loop counts of its own work; the kills are counted
+// where their events are made.
 type Metrics interface {
 	SetGuarded(n int)
 	// SetUnguarded is how many limited cgroups wait for a registration
@@ -52,20 +59,16 @@ type Metrics interface {
 	Fault(kind string)
 	Crossing()
 	StandDown(reason string)
-	Action(reason event.Reason, reaction time.Duration)
-	KernelKill(reason event.Reason)
 }
 
 // NopMetrics counts nothing.
 type NopMetrics struct{}
 
-func (NopMetrics) SetGuarded(int)                     {}
-func (NopMetrics) SetUnguarded(int)                   {}
-func (NopMetrics) Fault(string)                       {}
-func (NopMetrics) Crossing()                          {}
-func (NopMetrics) StandDown(string)                   {}
-func (NopMetrics) Action(event.Reason, time.Duration) {}
-func (NopMetrics) KernelKill(event.Reason)            {}
+func (NopMetrics) SetGuarded(int)   {}
+func (NopMetrics) SetUnguarded(int) {}
+func (NopMetrics) Fault(string)     {}
+func (NopMetrics) Crossing()        {}
+func (NopMetrics) StandDown(string) {}
 
 // The kinds of Metrics.Fault.
 const (

@@ -42,13 +42,13 @@ type v2Guard struct {
 // startV2Guard runs a guard over cg's sub-tree with the production v2
 // parts; the sink may be wrapped (reconcile). It stops at the end of the
 // test, or earlier through stop.
-func startV2Guard(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, wrap func(guard.Sink) guard.Sink) *v2Guard {
+func startV2Guard(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, wrap stage) *v2Guard {
 	t.Helper()
 	return startV2GuardWith(t, cg, cfg, notify.DefaultV2Options(), wrap)
 }
 
 // startV2GuardWith is startV2Guard with the notifier's options.
-func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts notify.V2Options, wrap func(guard.Sink) guard.Sink) *v2Guard {
+func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts notify.V2Options, wrap stage) *v2Guard {
 	t.Helper()
 	vm.GuestOnly(t)
 	m, err := cgroup.Open(cg.FS.Path(cg.Rel, ""))
@@ -61,11 +61,7 @@ func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts
 		t.Fatal(err)
 	}
 	sink := &events{ch: make(chan event.Event, 100)}
-	var s guard.Sink = sink
-	if wrap != nil {
-		s = wrap(sink)
-	}
-	g, err := guard.New(cfg, mem, n, kill.Killer{Mem: mem.FS(), Unified: true, Self: os.Getpid()}, s, sink)
+	g, err := guard.New(cfg, mem, n, kill.Killer{Mem: mem.FS(), Unified: true, Self: os.Getpid()}, withStage(t, sink, wrap), sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,10 +319,10 @@ func TestV2KernelOOMReconciledWithKernelLog(t *testing.T) {
 	}
 }
 
-// reconciled wraps the guard's sink in the reconciler fed by /dev/kmsg,
-// as cmd/oom-guard does; both stop at the end of the test.
-func reconciled(t *testing.T, cg *testenv.V2Cgroup) func(guard.Sink) guard.Sink {
-	return func(next guard.Sink) guard.Sink {
+// reconciled is the stage fed by /dev/kmsg as well, as cmd/oom-guard has
+// it; both stop at the end of the test.
+func reconciled(t *testing.T, cg *testenv.V2Cgroup) stage {
+	return func(next reconcile.Sink) guard.Reporter {
 		rec := reconcile.New(reconcile.Config{Hostname: "test", MemRoot: testenv.V2Root, Scope: cg.FS.Path(cg.Rel, "")}, next)
 		r, err := kmsg.Open(kmsg.Config{OnKill: rec.Kernel})
 		if err != nil {

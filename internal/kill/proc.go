@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/event"
 )
 
 // Proc reads /proc (Root is injectable for tests on recorded trees).
@@ -31,6 +33,15 @@ type Candidate struct {
 	OOMScore int
 	Status   Status
 	Cgroup   string // the cgroup (relative path) the process was found in
+}
+
+// Process is c as an event names it; cgroup is the absolute path of c's
+// cgroup.
+func (c Candidate) Process(cgroup string) event.Process {
+	return event.Process{
+		Pid: c.Pid, Comm: c.Comm, OOMScore: c.OOMScore, Cgroup: cgroup, PidInNS: c.Status.PidInNS,
+		AnonRSSKB: c.Status.RssAnonKB, FileRSSKB: c.Status.RssFileKB, ShmemRSSKB: c.Status.RssShmemKB, TotalVMKB: c.Status.VmSizeKB,
+	}
 }
 
 // Status is what /proc/PID/status tells of a process's memory.
