@@ -58,7 +58,10 @@ type Identity struct {
 
 // Or is id with what it lacks taken from other.
 func (id Identity) Or(other Identity) Identity {
-	for _, f := range []struct{ dst *string; src string }{
+	for _, f := range []struct {
+		dst *string
+		src string
+	}{
 		{&id.Runtime, other.Runtime}, {&id.ContainerID, other.ContainerID}, {&id.ContainerName, other.ContainerName},
 		{&id.PodUID, other.PodUID}, {&id.PodName, other.PodName}, {&id.PodNamespace, other.PodNamespace},
 	} {
