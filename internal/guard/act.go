@@ -22,7 +22,7 @@ func processes(g *Guard, killed []kill.Candidate) []event.Process {
 
 // chooseVictim scores rel's processes and holds the one the kernel would
 // kill by pidfd; nil if none may be killed.
-func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
+func (g *Guard) chooseVictim(c *cg, limit uint64) Victim {
 	cands, err := g.killer.Candidates(c.rel, limit)
 	if err != nil && len(cands) == 0 {
 		g.warnUnlessGone(c, "list processes", err)
@@ -52,9 +52,10 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
 // would kill the whole group, whichever process it chose. So the process
 // policy kills the whole group too, and the container policy kills the
 // group where it is larger than the container; the action names it.
-func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified time.Time, statBefore string) {
+func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Time, statBefore string) {
+	who := victim.Inspected()
 	a := event.Action{
-		OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(victim.Cgroup),
+		OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(who.Cgroup),
 		Threshold: c.threshold, Usage: usage, Limit: limit, Policy: g.cfg.Policy.Title(),
 	}
 	var sent time.Time
@@ -63,7 +64,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	// policy says so: after the victim, and off the loop (a freeze, or a
 	// runtime's answer, can take tens of milliseconds).
 	var rest func() []kill.Candidate
-	group := g.oomGroup(c, victim.Cgroup)
+	group := g.oomGroup(c, who.Cgroup)
 	switch g.cfg.Policy {
 	case PolicyNoop:
 		victim.Close()
@@ -78,26 +79,27 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		a.Reason = event.KillProcess
 		if err == nil && group != "" {
 			a.Reason, a.OOMGroup = event.KillContainer, g.absPath(group)
-			rest = g.killRest(c.rel, victim.Candidate, group, g.killer.KillGroup)
+			rest = g.killRest(c.rel, who, group, g.killer.KillGroup)
 		}
 	case PolicyContainer:
 		sent, err = victim.Kill()
 		a.Reason = event.KillContainer
 		if err == nil {
-			target := victim.Cgroup
+			target := who.Cgroup
 			if group != "" && group != target {
 				target, a.OOMGroup = group, g.absPath(group)
 			}
-			rest = g.killRest(c.rel, victim.Candidate, target, g.killer.KillContainer)
+			rest = g.killRest(c.rel, who, target, g.killer.KillContainer)
 		}
 	}
-	c.lastAction = time.Now()
-	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	if err != nil {
-		klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, victim.Pid, victim.Comm, err)
-		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		// Nothing was killed, so nothing cools down: look again soon.
+		klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, who.Pid, who.Comm, err)
+		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
+	c.lastAction = g.clock.Now()
+	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	if !sent.IsZero() {
 		a.Reaction = sent.Sub(notified)
 		if g.Observe != nil {
@@ -108,7 +110,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	if stat, err := c.files.Stat(); err == nil {
 		a.Stats = stat.Text
 	}
-	killed := []kill.Candidate{victim.Candidate}
+	killed := []kill.Candidate{who}
 	if rest == nil {
 		g.tell(a, killed)
 		return
@@ -126,7 +128,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 
 // tell hands the action, with whom it killed, to the reporter.
 func (g *Guard) tell(a event.Action, killed []kill.Candidate) {
-	a.At = time.Now()
+	a.At = g.clock.Now()
 	a.Killed = processes(g, killed)
 	g.reporter.Acted(a)
 }

@@ -74,7 +74,7 @@ func (g *Guard) countKernelKills(c *cg) {
 		d.oomKills = n
 		for i := uint64(0); i < delta; i++ {
 			k := event.CounterKill{
-				At: time.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+				At: g.clock.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
 				Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text,
 			}
 			if i < uint64(len(victims)) {
@@ -85,7 +85,7 @@ func (g *Guard) countKernelKills(c *cg) {
 	}
 	if (waiting || !counted) && !lastCheck {
 		c.oomChecks++
-		c.oomCheckAt = time.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
+		c.oomCheckAt = g.clock.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
 		return
 	}
 	c.seen = nil
