@@ -9,6 +9,7 @@ package guard_test
 // memory.high, memory.oom.group, /dev/kmsg.
 
 import (
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/kmsg"
 	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/reconcile"
+	"github.com/oom-guard/oom-guard/internal/report"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 	"github.com/oom-guard/oom-guard/internal/testenv/vm"
 )
@@ -321,9 +323,16 @@ func TestV2KernelOOMReconciledWithKernelLog(t *testing.T) {
 
 // reconciled is the stage fed by /dev/kmsg as well, as cmd/oom-guard has
 // it; both stop at the end of the test.
-func reconciled(t *testing.T, cg *testenv.V2Cgroup) stage {
+func reconciled(t *testing.T, cg *testenv.V2Cgroup) stage { return counted(t, cg, nil) }
+
+// counted is reconciled, counting in m as the binary does.
+func counted(t *testing.T, cg *testenv.V2Cgroup, m *report.Metrics) stage {
 	return func(next reconcile.Sink) guard.Reporter {
-		rec := reconcile.New(reconcile.Config{Hostname: "test", MemRoot: testenv.V2Root, Scope: cg.FS.Path(cg.Rel, "")}, next)
+		cfg := reconcile.Config{Hostname: "test", MemRoot: testenv.V2Root, Scope: cg.FS.Path(cg.Rel, "")}
+		if m != nil {
+			cfg.Metrics = m
+		}
+		rec := reconcile.New(cfg, next)
 		r, err := kmsg.Open(kmsg.Config{OnKill: rec.Kernel})
 		if err != nil {
 			testenv.Skip(t, "kernel log: "+err.Error())
@@ -427,7 +436,8 @@ func TestV2GlobalOOMIsSystemOOM(t *testing.T) {
 	rel := cg.Child(t, "c", 64<<30) // guarded, but far above the VM's memory
 	cfg := testConfig()
 	cfg.Policy = guard.PolicyNoop
-	g := startV2Guard(t, cg, cfg, reconciled(t, cg))
+	metrics := report.NewMetrics()
+	g := startV2Guard(t, cg, cfg, counted(t, cg, metrics))
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	// The test binary (and the guard in it) must not be the global OOM
@@ -470,6 +480,17 @@ func TestV2GlobalOOMIsSystemOOM(t *testing.T) {
 	}
 	if kills := filter(g.sink.all(), event.CgroupOOM); len(kills) != 1 {
 		t.Fatalf("%d CgroupOOM events for one cgroup OOM after a global one: %+v", len(kills), kills)
+	}
+	// Each kill counted once, under its reason.
+	rec := httptest.NewRecorder()
+	metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="SystemOOM"} 1`,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="CgroupOOM"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), "\n"+want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 

@@ -48,7 +48,7 @@ var workloadLabels = []string{"namespace", "pod", "container"}
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		reg:       prometheus.NewRegistry(),
-		workloads: newWorkloads(maxPods, podGrace),
+		workloads: newWorkloads(maxWorkloads, workloadGrace),
 		guarded: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "oomguard_guarded_cgroups", Help: "Memory cgroups with a threshold set.",
 		}),
@@ -72,7 +72,7 @@ func NewMetrics() *Metrics {
 		}, append([]string{"reason"}, workloadLabels...)),
 		seriesFolded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "oomguard_workload_series_folded_total",
-			Help: "Kills counted without their namespace, pod and container labels because the series of more pods than the cap already existed.",
+			Help: "Kills counted without their namespace, pod and container labels because the series of more workloads than the cap already existed.",
 		}),
 		// The target is p99 under 1ms, so the buckets are dense around it.
 		reaction: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -157,10 +157,10 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(gather, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// sweep deletes the series of the pods gone for longer than the grace.
+// sweep deletes the series of the workloads gone for longer than the grace.
 func (m *Metrics) sweep(now time.Time) {
-	for _, p := range m.workloads.expired(now) {
-		match := prometheus.Labels{"namespace": p.namespace, "pod": p.name}
+	for _, w := range m.workloads.expired(now) {
+		match := prometheus.Labels{"namespace": w.namespace, "pod": w.pod, "container": w.container}
 		m.actions.DeletePartialMatch(match)
 		m.kernelKills.DeletePartialMatch(match)
 	}

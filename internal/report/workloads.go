@@ -9,78 +9,84 @@ import (
 	"github.com/oom-guard/oom-guard/internal/event"
 )
 
-// Series per pod are bounded: at most maxPods pods have series of their
-// own (more are folded into the unlabelled series, and counted), and the
-// series of a pod whose cgroup has been gone for podGrace are deleted. A
+// Series per workload are bounded: at most maxWorkloads containers (of a
+// pod, or of plain Docker) have series of their own (more are folded into
+// the unlabelled series, and counted), and the series of one whose cgroup
+// (the pod's, for a pod) has been gone for workloadGrace are deleted. A
 // pod's counts outlive its containers' restarts: they are labelled by
 // names, not by container IDs, and kept while the pod's cgroup exists.
 const (
-	maxPods  = 2000
-	podGrace = 10 * time.Minute
+	maxWorkloads  = 2000
+	workloadGrace = 10 * time.Minute
 )
 
-type pod struct{ namespace, name string }
+// workload is a series' namespace, pod and container labels.
+type workload struct{ namespace, pod, container string }
 
-type podState struct {
-	cgroup    string    // the pod's cgroup directory; "" if not known
+type workloadState struct {
+	cgroup    string    // the directory whose removal ends it; "" if not known
 	goneSince time.Time // zero while the cgroup exists
 }
 
-// workloads tracks the pods that have series.
+// workloads tracks the workloads that have series.
 type workloads struct {
 	max   int
 	grace time.Duration
 	mu    sync.Mutex
-	pods  map[pod]*podState
+	all   map[workload]*workloadState
 	// exists is os.Stat, replaceable in tests.
 	exists func(path string) bool
 }
 
 func newWorkloads(max int, grace time.Duration) *workloads {
-	return &workloads{max: max, grace: grace, pods: map[pod]*podState{}, exists: func(p string) bool {
+	return &workloads{max: max, grace: grace, all: map[workload]*workloadState{}, exists: func(p string) bool {
 		_, err := os.Stat(p)
 		return err == nil || !os.IsNotExist(err)
 	}}
 }
 
 // labels are ev's namespace, pod and container labels, and whether they
-// had to be folded away (too many pods).
+// had to be folded away (too many workloads).
 func (w *workloads) labels(ev event.Event) (labels []string, folded bool) {
-	if ev.PodName == "" {
+	key := workload{ev.PodNamespace, ev.PodName, ev.ContainerName}
+	if key.pod == "" && key.container == "" {
 		return []string{"", "", ""}, false
 	}
-	key := pod{ev.PodNamespace, ev.PodName}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	st, ok := w.pods[key]
+	st, ok := w.all[key]
 	if !ok {
-		if len(w.pods) >= w.max {
+		if len(w.all) >= w.max {
 			return []string{"", "", ""}, true
 		}
-		st = &podState{}
-		w.pods[key] = st
+		st = &workloadState{}
+		w.all[key] = st
 	}
-	if dir := podCgroup(ev.ProcCgroup, ev.PodUID); dir != "" {
+	dir := ev.ProcCgroup
+	if key.pod != "" {
+		dir = podCgroup(ev.ProcCgroup, ev.PodUID)
+	}
+	if dir != "" {
 		st.cgroup = dir
 	}
 	st.goneSince = time.Time{}
-	return []string{ev.PodNamespace, ev.PodName, ev.ContainerName}, false
+	return []string{key.namespace, key.pod, key.container}, false
 }
 
-// expired forgets, and returns, the pods whose cgroup has been gone for
-// longer than the grace period.
-func (w *workloads) expired(now time.Time) []pod {
+// expired forgets, and returns, the workloads whose cgroup has been gone
+// for longer than the grace period.
+func (w *workloads) expired(now time.Time) []workload {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var out []pod
-	for key, st := range w.pods {
+	var out []workload
+	for key, st := range w.all {
 		switch {
 		case st.cgroup == "" || w.exists(st.cgroup):
 			st.goneSince = time.Time{}
 		case st.goneSince.IsZero():
 			st.goneSince = now
 		case now.Sub(st.goneSince) >= w.grace:
-			delete(w.pods, key)
+			delete(w.all, key)
 			out = append(out, key)
 		}
 	}
