@@ -76,7 +76,7 @@ func serve(o *options, mem cgroup.Memory) error {
 		return err
 	}
 	rec := reconcile.New(reconcile.Config{
-		Hostname: o.guard.Hostname, MemRoot: memRoot(mem), Scope: mem.FS().Root,
+		Hostname: o.hostname, MemRoot: memRoot(mem), Scope: mem.FS().Root,
 		Inspector: rt.inspector, Procs: procsOf(mem), Metrics: metrics,
 		KillOnChildOOM: childOOMKiller(o, mem, killer),
 	}, report.Fanout(sinks...))

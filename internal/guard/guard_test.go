@@ -196,7 +196,7 @@ func waitGuarded(t *testing.T, g *guard.Guard) {
 func testConfig() guard.Config {
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyProcess
-	cfg.Hostname = "test"
+
 	return cfg
 }
 
