@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
@@ -56,6 +57,7 @@ func run(args []string, stderr io.Writer) int {
 }
 
 func serve(o *options, mem cgroup.Memory) error {
+	logFileLimit()
 	metrics := report.NewMetrics()
 	sinks := []report.Sink{report.NewLog()}
 	var webhook *report.Webhook
@@ -249,4 +251,17 @@ func readKernelLog(path string, fromBoot bool, rec *reconcile.Reconciler) (stop 
 		_ = r.Close()
 		<-done
 	}
+}
+
+// logFileLimit says how many files the guard may open: each guarded cgroup
+// takes a few (its eventfds and kept-open files), and where they run out
+// the guard guards what it can and retries the rest. The Go runtime has
+// raised the soft limit to the hard one already.
+func logFileLimit() {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		klog.Warningf("RLIMIT_NOFILE: %v", err)
+		return
+	}
+	klog.Infof("open files: up to %d (soft limit raised to the hard limit %d)", lim.Cur, lim.Max)
 }
