@@ -24,7 +24,9 @@ func describe(ev event.Event, a *event.Action) string {
 				in, victims, victimText(*a.AfterChildOOM))
 			break
 		}
-		msg = fmt.Sprintf("oom-guard killed the container%s (%s) before the kernel's OOM killer: %s, policy container%s", in, victims, usageText(ev), reactionText(ev))
+		// Under the process policy too, where memory.oom.group made it
+		// kill the whole container, as the kernel would (oomGroupText).
+		msg = fmt.Sprintf("oom-guard killed the container%s (%s) before the kernel's OOM killer: %s, policy %s%s", in, victims, usageText(ev), policyText(ev), reactionText(ev))
 	case event.WouldKill:
 		msg = fmt.Sprintf("oom-guard would have killed %s%s: %s, policy noop (nothing killed)", victims, in, usageText(ev))
 	case event.ChildOOM:
@@ -81,6 +83,14 @@ func usageText(ev event.Event) string {
 		s += " of limit " + mib(ev.Limit)
 	}
 	return s
+}
+
+// policyText is the policy as --policy spells it.
+func policyText(ev event.Event) string {
+	if ev.Policy == "" {
+		return "container"
+	}
+	return strings.ToLower(ev.Policy)
 }
 
 func reactionText(ev event.Event) string {
