@@ -91,7 +91,7 @@ var mechanisms = map[string]func(o *notify.V2Options){
 type guardParts struct {
 	mem      cgroup.Memory
 	notifier guard.Notifier
-	killer   guard.Killer
+	killer   guard.ProcessKiller
 	samples  func() uint64
 	close    func()
 }

@@ -175,7 +175,7 @@ func runInVM(c config, timeout time.Duration, out io.Writer) error {
 	return err
 }
 
-// collector is the guard's sink: it records each kill's victim pid.
+// collector is the guard's reporter: it records each kill's victim pid.
 type collector struct {
 	mu        sync.Mutex
 	killed    map[int]bool
@@ -183,17 +183,19 @@ type collector struct {
 	overshoot []uint64
 }
 
-func (c *collector) Send(ev event.Event) {
-	if ev.Reason != event.KillProcess {
+func (c *collector) Acted(a event.Action) {
+	if a.Reason != event.KillProcess {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, p := range ev.Processes {
+	for _, p := range a.Killed {
 		c.killed[p.Pid] = true
 	}
-	c.overshoot = append(c.overshoot, ev.Usage-min(ev.Usage, ev.Threshold))
+	c.overshoot = append(c.overshoot, a.Usage-min(a.Usage, a.Threshold))
 }
+
+func (c *collector) Counted(event.CounterKill) {}
 
 func (c *collector) observe(d time.Duration) {
 	c.mu.Lock()

@@ -24,6 +24,7 @@ type container struct {
 	cgroup string // absolute path of its memory cgroup
 	hook   *received
 	guard  *daemon
+	port   int // the guard's /metrics
 }
 
 // startSeed003 runs the container, then the guard over its cgroup only,
@@ -33,11 +34,11 @@ func startSeed003(t *testing.T, guardArgs ...string) *container {
 	d := testenv.RequireDocker(t)
 	img := d.BusyboxImage(t)
 	id := d.RunContainer(t, "--memory", "64m", "--memory-swap", "64m", img, "sh", "-c", seed003Script)
-	c := &container{docker: d, id: id, cgroup: d.CgroupV1(t, id), hook: &received{ch: make(chan []byte, 20)}}
+	c := &container{docker: d, id: id, cgroup: d.CgroupV1(t, id), hook: &received{ch: make(chan []byte, 20)}, port: freePort(t)}
 	srv := httptest.NewServer(c.hook)
 	t.Cleanup(srv.Close)
 	args := append([]string{"--webhook-url=" + srv.URL + "/message", "--docker-socket=" + testenv.DockerSocket,
-		"--cri-sockets=", "--v=3", "--logtostderr"}, guardArgs...)
+		"--cri-sockets=", "--v=3", "--logtostderr", "--port=" + itoa(c.port)}, guardArgs...)
 	c.guard = startDaemon(t, c.cgroup, 1, nil, args...)
 	return c
 }
@@ -83,6 +84,37 @@ func (c *container) events(reason event.Reason) int {
 	return n
 }
 
+// counted asserts the guard's /metrics has each series at its value: one
+// increment on the right series with the container's label, none on the
+// others.
+func (c *container) counted(t *testing.T, want map[string]int) {
+	t.Helper()
+	body := scrape(t, c.port, "/metrics")
+	for series, n := range want {
+		if line := series + " " + itoa(n); !strings.Contains(body, "\n"+line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", grepLines(body, "oomguard_"))
+	}
+}
+
+// kills is the series of a kill of reason in container name (no pod).
+func kills(metric string, reason event.Reason, name string) string {
+	return metric + `{container="` + name + `",namespace="",pod="",reason="` + string(reason) + `"}`
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func (c *container) state(t *testing.T) string {
 	return c.docker.Inspect(t, c.id, "{{.State.Status}} oomkilled={{.State.OOMKilled}} exit={{.State.ExitCode}}")
 }
@@ -107,11 +139,17 @@ func checkChildOOM(t *testing.T, c *container, ev event.Event) {
 	if got := c.state(t); got != "running oomkilled=false exit=0" {
 		t.Errorf("docker says %q, want the container running and not OOMKilled (seed 003)", got)
 	}
-	// One kill, one event: the cgroup counter and the kernel log agreed.
+	// One kill, one event, one count: the cgroup counter and the kernel
+	// log agreed.
 	time.Sleep(500 * time.Millisecond)
 	if n := c.events(event.ChildOOM) + c.events(event.CgroupOOM); n != 1 {
 		t.Errorf("%d kernel OOM events for one kill", n)
 	}
+	c.counted(t, map[string]int{
+		kills("oomguard_kernel_oom_kills_total", event.ChildOOM, name):                                       1,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="CgroupOOM"}`:               0,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="ContainerChildOOMKilled"}`: 0,
+	})
 }
 
 // Seed 003: the kernel kills the shell's child, the container runs on,
@@ -149,10 +187,22 @@ func TestDockerChildOOMWithoutKernelLog(t *testing.T) {
 func TestDockerKillContainerOnChildOOM(t *testing.T) {
 	c := startSeed003(t, "--policy=noop", "--kill-container-on-child-oom")
 	c.trigger(t)
-	c.waitEvent(t, 20*time.Second, event.ChildOOM)
+	child := c.waitEvent(t, 20*time.Second, event.ChildOOM)
+	// The stop is an action of its own, reported with why.
+	ev := c.waitEvent(t, 20*time.Second, event.KillContainer)
+	if ev.ContainerID != c.id || ev.ProcCgroup != c.cgroup || ev.Policy != "Container" ||
+		!strings.Contains(ev.Message, "after the kernel OOM-killed its child dd (pid "+itoa(child.Processes[0].Pid)) ||
+		!strings.Contains(ev.Message, "--kill-container-on-child-oom") {
+		t.Errorf("container stop event %+v", ev)
+	}
 	// Docker now says OOMKilled: containerd sets it on any exit once the
 	// cgroup has seen an OOM kill (kubernetes#140716) — here, rightly.
 	waitState(t, c, "exited oomkilled=true exit=137", 10*time.Second)
+	name := strings.TrimPrefix(c.docker.Inspect(t, c.id, "{{.Name}}"), "/")
+	c.counted(t, map[string]int{
+		kills("oomguard_kernel_oom_kills_total", event.ChildOOM, name): 1,
+		kills("oomguard_actions_total", event.KillContainer, name):     1,
+	})
 }
 
 // policyMargins widen the margin for the tests of what a policy does: dd's

@@ -20,6 +20,7 @@ import (
 
 // options is everything the command line sets.
 type options struct {
+	hostname   string // the node, in events
 	root       string
 	port       int
 	webhookURL string
@@ -76,7 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.guard.ReclaimableRatio, "reclaimable-ratio", def.ReclaimableRatio, "stand down while reclaimable page cache is at least this fraction of the limit; 0 never stands down")
 	fs.IntVar(&recheckMs, "recheck-ms", int(def.RecheckInterval/time.Millisecond), "how often a cgroup that stays above its threshold is looked at again")
 	fs.IntVar(&reclaimMs, "reclaim-budget-ms", int(def.ReclaimBudget/time.Millisecond), "longest one reclaim request may take")
-	fs.StringVar(&o.guard.Hostname, "hostname", "", "node name in events; default: $NODE_NAME, else the host name")
+	fs.StringVar(&o.hostname, "hostname", "", "node name in events; default: $NODE_NAME, else the host name")
 	fs.StringVar(&o.kmsgPath, "kmsg", "/dev/kmsg", "kernel log to read OOM reports from (enriches the cgroup counters, adds system OOMs); empty reads none")
 	fs.BoolVar(&o.kmsgFromBoot, "kmsg-from-boot", false, "also report the OOM kills still in the kernel's log buffer from before the guard started (a restarted guard reports them again)")
 	fs.StringVar(&o.dockerSocket, "docker-socket", identity.DefaultDockerSocket, "Docker Engine API socket for container names and stops; empty asks none")
@@ -147,11 +148,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	} else if o.root, err = resolveRoot(o.root, cgroup.DefaultMemoryRoot, isDir); err != nil {
 		return nil, usageErr("--root: %v", err)
 	}
-	if o.guard.Hostname == "" {
-		o.guard.Hostname = os.Getenv("NODE_NAME")
+	if o.hostname == "" {
+		o.hostname = os.Getenv("NODE_NAME")
 	}
-	if o.guard.Hostname == "" {
-		o.guard.Hostname, _ = os.Hostname()
+	if o.hostname == "" {
+		o.hostname, _ = os.Hostname()
 	}
 	o.root = strings.TrimSuffix(o.root, "/")
 	if o.root == "" {

@@ -28,8 +28,8 @@ func newKubeEvents(o *options, m *report.Metrics) (*report.KubeEvents, error) {
 		klog.Warningf("kubernetes events: off: %v", err)
 		return nil, nil
 	}
-	klog.Infof("kubernetes events: to %s, on pods or else on node %s", host, o.guard.Hostname)
-	return report.NewKubeEvents(client, report.KubeOptions{Node: o.guard.Hostname}, m), nil
+	klog.Infof("kubernetes events: to %s, on pods or else on node %s", host, o.hostname)
+	return report.NewKubeEvents(client, report.KubeOptions{Node: o.hostname}, m), nil
 }
 
 func kubeClient(kubeconfig string) (client report.KubeEventsClient, host string, err error) {

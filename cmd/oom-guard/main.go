@@ -11,10 +11,10 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
@@ -58,6 +58,7 @@ func run(args []string, stderr io.Writer) int {
 }
 
 func serve(o *options, mem cgroup.Memory) error {
+	logFileLimit()
 	metrics := report.NewMetrics()
 	reportKernel(mem, metrics)
 	sinks := []report.Sink{report.NewLog()}
@@ -79,10 +80,11 @@ func serve(o *options, mem cgroup.Memory) error {
 		return err
 	}
 	rec := reconcile.New(reconcile.Config{
-		Hostname: o.guard.Hostname, MemRoot: memRoot(mem), Scope: mem.FS().Root,
-		Inspector: rt.inspector, Procs: procsOf(mem),
-		OnChildOOM: childOOMAction(o, mem, killer),
+		Hostname: o.hostname, MemRoot: memRoot(mem), Scope: mem.FS().Root,
+		Inspector: rt.inspector, Procs: procsOf(mem), Metrics: metrics,
+		KillOnChildOOM: childOOMKiller(o, mem, killer),
 	}, report.Fanout(sinks...))
+	metrics.CountDropped("reconcile", rec.Dropped)
 	g, err := guard.New(o.guard, mem, notifier, killer, rec, metrics)
 	if err != nil {
 		rec.Stop()
@@ -215,30 +217,32 @@ func memRoot(mem cgroup.Memory) string {
 func procsOf(mem cgroup.Memory) func(string) ([]int, error) {
 	fs := &cgroup.FS{Root: memRoot(mem)}
 	return func(abs string) ([]int, error) {
-		rel := strings.TrimPrefix(abs, strings.TrimSuffix(fs.Root, "/"))
+		rel, ok := fs.Rel(abs)
+		if !ok {
+			return nil, fmt.Errorf("cgroup %s: outside %s", abs, fs.Root)
+		}
 		return fs.Procs(rel, true)
 	}
 }
 
-// childOOMAction is --kill-container-on-child-oom: the container the kernel
+// childOOMKiller is --kill-container-on-child-oom: the container the kernel
 // took a child from is killed whole, through its runtime where one has it.
-func childOOMAction(o *options, mem cgroup.Memory, killer kill.ViaRuntime) func(event.Event) {
+func childOOMKiller(o *options, mem cgroup.Memory, killer kill.ViaRuntime) reconcile.ContainerKiller {
 	if !o.killContainerOnChildOOM {
 		return nil
 	}
-	root := strings.TrimSuffix(mem.FS().Root, "/")
-	return func(ev event.Event) {
-		if !strings.HasPrefix(ev.ProcCgroup, root+"/") && ev.ProcCgroup != root {
-			return
+	fs := mem.FS()
+	return func(abs string) ([]event.Process, error) {
+		rel, ok := fs.Rel(abs)
+		if !ok {
+			return nil, fmt.Errorf("cgroup %s: outside %s", abs, fs.Root)
 		}
-		rel := "/" + strings.TrimPrefix(strings.TrimPrefix(ev.ProcCgroup, root), "/")
 		killed, _, err := killer.KillContainer(rel)
-		if err != nil {
-			klog.Errorf("container %s: kill after its child's OOM: %v", ev.ContainerID, err)
-			return
+		ps := make([]event.Process, 0, len(killed))
+		for _, k := range killed {
+			ps = append(ps, k.Process(fs.Path(k.Cgroup, "")))
 		}
-		klog.Warningf("container %s (%s): killed whole after the kernel OOM-killed its child %s: %d process(es)",
-			ev.ContainerName, ev.ContainerID, strings.TrimSpace(ev.Killed), len(killed))
+		return ps, err
 	}
 }
 
@@ -266,4 +270,17 @@ func readKernelLog(path string, fromBoot bool, rec *reconcile.Reconciler) (stop 
 		_ = r.Close()
 		<-done
 	}
+}
+
+// logFileLimit says how many files the guard may open: each guarded cgroup
+// takes a few (its eventfds and kept-open files), and where they run out
+// the guard guards what it can and retries the rest. The Go runtime has
+// raised the soft limit to the hard one already.
+func logFileLimit() {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		klog.Warningf("RLIMIT_NOFILE: %v", err)
+		return
+	}
+	klog.Infof("open files: up to %d (soft limit raised to the hard limit %d)", lim.Cur, lim.Max)
 }

@@ -25,7 +25,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/reconcile"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 )
 
@@ -309,7 +311,7 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	metrics := scrape(t, port, "/metrics")
 	for _, want := range []string{
 		`oomguard_guarded_cgroups 1`,
-		`oomguard_actions_total{reason="OomGuardKillProcess"} 1`,
+		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillProcess"} 1`,
 		`oomguard_reaction_seconds_count 1`,
 	} {
 		if !strings.Contains(metrics, want) {
@@ -328,6 +330,63 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	}
 	if got, _ := mem.SoftLimit(rel); got != softBefore {
 		t.Fatalf("soft limit %d after stop, want %d restored", got, softBefore)
+	}
+}
+
+// A kernel OOM kill that the cgroup's counter and the kernel log both
+// report is one event and one count, under its reason; the noop policy's
+// would-be kill before it is one more, of its own.
+func TestBinaryCountsAKernelKillOnce(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "app", 64<<20)
+	hook := &received{ch: make(chan []byte, 10)}
+	srv := httptest.NewServer(hook)
+	defer srv.Close()
+	port := freePort(t)
+	startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, nil, "--policy=noop", "--port="+strconv.Itoa(port),
+		"--webhook-url="+srv.URL+"/message", "--docker-socket=", "--cri-sockets=", "--v=2", "--logtostderr")
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, rel, hog)
+	if ws := testenv.WaitExit(t, hog, 15*time.Second); ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("hog ended with %v", ws)
+	}
+	if n := kernelOOMKills(t, rel); n != 1 {
+		t.Fatalf("the kernel OOM-killed %d processes, want 1", n)
+	}
+	deadline := time.After(10 * time.Second)
+	var reasons []string
+	for len(reasons) < 2 {
+		select {
+		case body := <-hook.ch:
+			var ev event.Event
+			if err := json.Unmarshal(body, &ev); err != nil {
+				t.Fatal(err)
+			}
+			reasons = append(reasons, string(ev.Reason))
+			if ev.Reason == event.CgroupOOM && (len(ev.Processes) != 1 || ev.Processes[0].Pid != hog.Process.Pid || ev.Processes[0].AnonRSSKB == 0) {
+				t.Errorf("CgroupOOM event %+v: want the hog, with the kernel log's anon-rss", ev)
+			}
+		case <-deadline:
+			t.Fatalf("events %v within 10s, want OomGuardWouldKill and CgroupOOM", reasons)
+		}
+	}
+	time.Sleep(2 * reconcile.DefaultWindow) // anything more would have come by now
+	hook.mu.Lock()
+	n := len(hook.bodies)
+	hook.mu.Unlock()
+	if n != 2 {
+		t.Errorf("%d events for one would-be kill and one kernel kill: %v", n, reasons)
+	}
+	metrics := scrape(t, port, "/metrics")
+	for _, want := range []string{
+		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardWouldKill"} 1`,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="CgroupOOM"} 1`,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="ContainerChildOOMKilled"} 0`,
+		`oomguard_events_dropped_total{stage="reconcile"} 0`,
+	} {
+		if !strings.Contains(metrics, "\n"+want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 
@@ -470,7 +529,7 @@ func TestHungWebhookDoesNotDelayKills(t *testing.T) {
 		}
 	}
 	metrics := scrape(t, port, "/metrics")
-	if want := fmt.Sprintf(`oomguard_actions_total{reason="OomGuardKillProcess"} %d`, hogs); !strings.Contains(metrics, want) {
+	if want := fmt.Sprintf(`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillProcess"} %d`, hogs); !strings.Contains(metrics, want) {
 		t.Fatalf("/metrics lacks %q", want)
 	}
 	mu.Lock()

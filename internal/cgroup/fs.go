@@ -56,6 +56,19 @@ func (fs *FS) Path(rel, file string) string {
 	return filepath.Join(fs.Root, rel, file)
 }
 
+// Rel is the cgroup path relative to Root of an absolute path, false when
+// abs is not at or below Root.
+func (fs *FS) Rel(abs string) (string, bool) {
+	root := strings.TrimSuffix(fs.Root, "/")
+	switch {
+	case abs == root:
+		return "/", true
+	case strings.HasPrefix(abs, root+"/"):
+		return abs[len(root):], true
+	}
+	return "", false
+}
+
 // open opens a file beneath the root. openat2 refuses symlinks and ".." that
 // would resolve outside; where openat2 is missing (kernels before 5.6) the
 // lexical check in Clean and a check that what was opened is on a cgroup

@@ -56,6 +56,22 @@ type Identity struct {
 	PodNamespace  string `json:"podNamespace,omitempty"`
 }
 
+// Or is id with what it lacks taken from other.
+func (id Identity) Or(other Identity) Identity {
+	for _, f := range []struct {
+		dst *string
+		src string
+	}{
+		{&id.Runtime, other.Runtime}, {&id.ContainerID, other.ContainerID}, {&id.ContainerName, other.ContainerName},
+		{&id.PodUID, other.PodUID}, {&id.PodName, other.PodName}, {&id.PodNamespace, other.PodNamespace},
+	} {
+		if *f.dst == "" {
+			*f.dst = f.src
+		}
+	}
+	return id
+}
+
 // Event is one thing the guard reports. The first nine fields are the seed's
 // webhook JSON, verbatim; the rest are additions a consumer of the seed's
 // format can ignore.
@@ -73,6 +89,12 @@ type Event struct {
 	Reason    Reason    `json:"reason"`
 	Limit     uint64    `json:"limit,omitempty"`
 	Processes []Process `json:"processes,omitempty"`
+	// Reaction is the guard's time from the kernel's notification to the
+	// kill signal (nanoseconds in JSON); 0 when not measured.
+	Reaction time.Duration `json:"reactionNanos,omitempty"`
+	// OOMGroup is the memory.oom.group cgroup killed whole, where the
+	// guard killed all of it as the kernel would have.
+	OOMGroup string `json:"oomGroup,omitempty"`
 	Identity
 	// Message is one line a person can read; sinks may use it as is.
 	Message string `json:"message,omitempty"`

@@ -2,9 +2,7 @@ package guard
 
 import (
 	"errors"
-	"fmt"
 	"path"
-	"strings"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -13,20 +11,18 @@ import (
 	"github.com/oom-guard/oom-guard/internal/kill"
 )
 
+// processes are candidates as an event names them.
 func processes(g *Guard, killed []kill.Candidate) []event.Process {
-	var ps []event.Process
+	ps := make([]event.Process, 0, len(killed))
 	for _, k := range killed {
-		ps = append(ps, event.Process{
-			Pid: k.Pid, Comm: k.Comm, OOMScore: k.OOMScore, Cgroup: g.absPath(k.Cgroup), PidInNS: k.Status.PidInNS,
-			AnonRSSKB: k.Status.RssAnonKB, FileRSSKB: k.Status.RssFileKB, ShmemRSSKB: k.Status.RssShmemKB, TotalVMKB: k.Status.VmSizeKB,
-		})
+		ps = append(ps, k.Process(g.absPath(k.Cgroup)))
 	}
 	return ps
 }
 
 // chooseVictim scores rel's processes and holds the one the kernel would
 // kill by pidfd; nil if none may be killed.
-func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
+func (g *Guard) chooseVictim(c *cg, limit uint64) Victim {
 	cands, err := g.killer.Candidates(c.rel, limit)
 	if err != nil && len(cands) == 0 {
 		g.warnUnlessGone(c, "list processes", err)
@@ -54,27 +50,27 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
 // act applies the policy to the chosen victim (the process the kernel
 // would choose). The victim is signalled first, through its pidfd: that
 // stops the growth at once; for the container policy its cgroup's other
-// processes follow (frozen, killed, thawed; v2: cgroup.kill). Reporting
-// comes after.
+// processes follow (frozen, killed, thawed; v2: cgroup.kill), off the loop.
+// The fact of it goes to the reporter after.
 //
 // memory.oom.group (v2; the kubelet sets it on every container since
 // 1.28) says the workload must not outlive a partial OOM kill: the kernel
 // would kill the whole group, whichever process it chose. So the process
 // policy kills the whole group too, and the container policy kills the
-// group where it is larger than the container; the event says so.
-func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified time.Time, statBefore string) {
-	ev := event.Event{
-		Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(victim.Cgroup),
+// group where it is larger than the container; the action names it.
+func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Time, statBefore string) {
+	who := victim.Inspected()
+	a := event.Action{
+		OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(who.Cgroup),
 		Threshold: c.threshold, Usage: usage, Limit: limit, Policy: g.cfg.Policy.Title(),
 	}
-	killed := []kill.Candidate{victim.Candidate}
 	var sent time.Time
 	var err error
-	var note string
 	// rest kills the rest of the victim's container or group, when the
 	// policy says so: after the victim, and off the loop (a freeze, or a
 	// runtime's answer, can take tens of milliseconds).
 	var rest func() []kill.Candidate
+	group := g.oomGroup(c, who.Cgroup)
 	switch g.cfg.Policy {
 	case PolicyNoop:
 		victim.Close()
@@ -82,55 +78,51 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 			return
 		}
 		c.noopShown = true
-		ev.Reason = event.WouldKill
-		if group := g.oomGroup(c, victim.Cgroup); group != "" {
-			note = fmt.Sprintf("; memory.oom.group is set on %s: the kernel will kill all of it", g.absPath(group))
-		}
+		a.Reason = event.WouldKill
+		a.OOMGroup = g.absPathOr(group)
 	case PolicyProcess:
 		sent, err = victim.Kill()
-		g.own.note(victim.Candidate, err)
-		ev.Reason = event.KillProcess
-		if group := g.oomGroup(c, victim.Cgroup); err == nil && group != "" {
-			ev.Reason = event.KillContainer
-			rest = g.killRest(c.rel, victim.Candidate, group, g.killer.KillGroup)
-			note = fmt.Sprintf("; memory.oom.group is set on %s: the kernel would kill all of it, not one process, so the process policy did too", g.absPath(group))
+		g.own.note(who, err)
+		a.Reason = event.KillProcess
+		if err == nil && group != "" {
+			a.Reason, a.OOMGroup = event.KillContainer, g.absPath(group)
+			rest = g.killRest(c.rel, who, group, g.killer.KillGroup)
 		}
 	case PolicyContainer:
 		sent, err = victim.Kill()
-		g.own.note(victim.Candidate, err)
-		ev.Reason = event.KillContainer
+		g.own.note(who, err)
+		a.Reason = event.KillContainer
 		if err == nil {
-			target := victim.Cgroup
-			if group := g.oomGroup(c, victim.Cgroup); group != "" && group != target {
-				target = group
-				note = fmt.Sprintf("; memory.oom.group is set on %s, above the container: all of it killed, as the kernel would", g.absPath(group))
+			target := who.Cgroup
+			if group != "" && group != target {
+				target, a.OOMGroup = group, g.absPath(group)
 			}
-			rest = g.killRest(c.rel, victim.Candidate, target, g.killer.KillContainer)
+			rest = g.killRest(c.rel, who, target, g.killer.KillContainer)
 		}
 	}
-	c.lastAction = time.Now()
-	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	if err != nil {
+		// Nothing was killed, so nothing cools down: look again soon.
 		if !g.permanentKillFailure(c, err) {
-			klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, victim.Pid, victim.Comm, err)
+			klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, who.Pid, who.Comm, err)
 		}
-		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
-	reaction := time.Duration(0)
+	c.lastAction = g.clock.Now()
+	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	if !sent.IsZero() {
-		reaction = sent.Sub(notified)
+		a.Reaction = sent.Sub(notified)
 		if g.Observe != nil {
-			g.Observe(reaction)
+			g.Observe(a.Reaction)
 		}
 	}
-	g.metrics.Action(ev.Reason, reaction)
-	ev.Stats = statBefore
+	a.Stats = statBefore
 	if stat, err := c.files.Stat(); err == nil {
-		ev.Stats = stat.Text
+		a.Stats = stat.Text
 	}
+	killed := []kill.Candidate{who}
 	if rest == nil {
-		g.report(ev, killed, reaction, note)
+		g.tell(a, killed)
 		return
 	}
 	// The cgroup cools down until the rest is killed: one spike, one kill.
@@ -144,7 +136,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 		}
 		killed = append(killed, others...)
 		c.killingRest.Store(false)
-		g.report(ev, killed, reaction, note)
+		g.tell(a, killed)
 	}()
 }
 
@@ -161,6 +153,13 @@ func (g *Guard) permanentKillFailure(c *cg, err error) bool {
 		klog.Errorf("cgroup %s: cannot kill, and trying again will not help: %v (logged once per episode)", c.rel, err)
 	}
 	return true
+}
+
+// tell hands the action, with whom it killed, to the reporter.
+func (g *Guard) tell(a event.Action, killed []kill.Candidate) {
+	a.At = g.clock.Now()
+	a.Killed = processes(g, killed)
+	g.reporter.Acted(a)
 }
 
 // killRest returns what kills the rest of cgroup rel after its victim,
@@ -199,20 +198,14 @@ func (g *Guard) oomGroup(c *cg, victim string) string {
 	}
 }
 
-func (g *Guard) report(ev event.Event, killed []kill.Candidate, reaction time.Duration, note string) {
-	ev.Timestamp = time.Now()
-	ev.Processes = processes(g, killed)
-	ev.Killed = event.KilledField(ev.Processes)
-	verb := map[event.Reason]string{event.WouldKill: "would kill", event.KillProcess: "killed", event.KillContainer: "killed container of"}[ev.Reason]
-	ev.Message = fmt.Sprintf("%s %s in %s: usage %s over threshold %s (limit %s), policy %s",
-		verb, strings.TrimSpace(ev.Killed), ev.OOMCgroup, bytesMiB(ev.Usage), bytesMiB(ev.Threshold), bytesMiB(ev.Limit), g.cfg.Policy)
-	if reaction > 0 {
-		ev.Message += fmt.Sprintf(", %v after the kernel's notification", reaction.Round(time.Microsecond))
-	}
-	ev.Message += note
-	g.sink.Send(ev)
-}
-
 func isUnder(rel, parent string) bool {
 	return parent == "/" || len(rel) > len(parent) && rel[:len(parent)] == parent && rel[len(parent)] == '/'
+}
+
+// absPathOr is rel's absolute path, or "" for "".
+func (g *Guard) absPathOr(rel string) string {
+	if rel == "" {
+		return ""
+	}
+	return g.absPath(rel)
 }

@@ -70,7 +70,6 @@ type Config struct {
 	HighTripwire bool
 	WalkInterval time.Duration
 	InotifyReset time.Duration
-	Hostname     string
 	// PrepareAhead: when usage comes within this much (or the margin, if
 	// larger) of the threshold, the guard does the slow part of a kill
 	// ahead of need: reads memory.stat, scores the processes and opens the

@@ -28,8 +28,8 @@ type cg struct {
 	armedLimit uint64
 	thw, oomw  notify.Watch
 	earlyw     notify.Watch
-	files      *cgroup.Handle // usage, limit, stat kept open for the hot path
-	prep       *prepared      // a kill made ready while above the early threshold
+	files      Files     // usage, limit, stat kept open for the hot path
+	prep       *prepared // a kill made ready while above the early threshold
 
 	recheckAt  time.Time // zero: no recheck pending
 	lastAction time.Time
@@ -68,16 +68,18 @@ func (c *cg) guarded() bool { return c.thw != nil }
 // Guard is the loop. Create with New, start with Run.
 type Guard struct {
 	cfg      Config
-	mem      cgroup.Memory
+	kernel   Kernel
+	mem      Hierarchy
 	notifier Notifier
 	killer   Killer
-	sink     Sink
+	clock    Clock
+	reporter Reporter
 	metrics  Metrics
 	self     int
 
-	poller  *notify.Poller
+	poller  Poller
 	sampler notify.Sampler // the notifier's, served by the loop; nil if none
-	inotify *notify.Inotify
+	inotify DirWatcher
 	known   map[string]*cg
 	byFd    map[int]*cg
 	guarded int
@@ -108,8 +110,14 @@ type Guard struct {
 	Observe func(reaction time.Duration)
 }
 
-// New makes a guard over mem's hierarchy. It does nothing until Run.
-func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics) (*Guard, error) {
+// New makes a guard over mem's hierarchy, on the running kernel. It does
+// nothing until Run.
+func New(cfg Config, mem cgroup.Memory, n Notifier, k ProcessKiller, r Reporter, m Metrics) (*Guard, error) {
+	return NewOn(cfg, RealKernel(mem, n, k), r, m)
+}
+
+// NewOn makes a guard on the given kernel (RealKernel, or a fake).
+func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -117,7 +125,8 @@ func New(cfg Config, mem cgroup.Memory, n Notifier, k Killer, s Sink, m Metrics)
 		m = NopMetrics{}
 	}
 	return &Guard{
-		cfg: cfg, mem: mem, notifier: n, killer: k, sink: s, metrics: m, self: os.Getpid(),
+		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
+		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
 		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
@@ -144,7 +153,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	defer g.done.Store(true)
 
 	var err error
-	if g.poller, err = notify.NewPoller(); err != nil {
+	if g.poller, err = g.kernel.NewPoller(); err != nil {
 		return err
 	}
 	defer g.poller.Close()
@@ -162,15 +171,14 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		return err
 	}
 	defer g.releaseAll()
-	g.quit = make(chan struct{})
 	quit := g.quit
 	defer g.stopRegistrations()
 	// Kills under way finish, and report, before the guard lets go.
 	defer g.killers.Wait()
 
-	g.started = time.Now()
+	g.started = g.clock.Now()
 	g.applyWalk(g.walk())
-	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.known), g.mem.FS().Root, time.Since(g.started).Round(time.Microsecond))
+	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.known), g.mem.FS().Root, g.clock.Now().Sub(g.started).Round(time.Microsecond))
 	g.logStarted()
 
 	g.goAside(func() { g.walker(quit) })
@@ -184,9 +192,9 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	})
 
 	for {
-		g.alive.Store(time.Now().UnixNano())
-		ready, woken, err := g.poller.Wait(g.nextTimeout(time.Now()))
-		notified := time.Now()
+		g.alive.Store(g.clock.Now().UnixNano())
+		ready, woken, err := g.poller.Wait(g.nextTimeout(g.clock.Now()))
+		notified := g.clock.Now()
 		if err != nil {
 			return err
 		}
@@ -207,7 +215,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 			g.applyWalk(found)
 		default:
 		}
-		g.runTimers(time.Now())
+		g.runTimers(g.clock.Now())
 	}
 }
 
@@ -307,7 +315,7 @@ func (g *Guard) runTimers(now time.Time) {
 // fs.inotify.max_user_instances reached, common on busy nodes), the old one
 // stays in use and the reset is tried again a little later.
 func (g *Guard) resetInotify() error {
-	in, err := notify.NewInotify()
+	in, err := g.kernel.NewWatcher()
 	if err == nil {
 		if err = g.poller.Add(in.Fd()); err != nil {
 			in.Close()
@@ -323,7 +331,7 @@ func (g *Guard) resetInotify() error {
 			klog.Warningf("inotify reset: %v: the current watches stay in use; trying again every %v", err, retry)
 			g.inotifyFailing = true
 		}
-		g.nextReset = time.Now().Add(retry)
+		g.nextReset = g.clock.Now().Add(retry)
 		return nil
 	}
 	if g.inotifyFailing {
@@ -342,7 +350,7 @@ func (g *Guard) resetInotify() error {
 	for rel := range g.known {
 		g.watchDir(rel)
 	}
-	g.nextReset = time.Now().Add(g.cfg.InotifyReset)
+	g.nextReset = g.clock.Now().Add(g.cfg.InotifyReset)
 	g.askWalk()
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/guard"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/notify"
+	"github.com/oom-guard/oom-guard/internal/reconcile"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 )
 
@@ -90,6 +91,23 @@ func (e *events) all() []event.Event {
 	return append([]event.Event(nil), e.evs...)
 }
 
+// stage makes the stage that turns the guard's facts into the events a
+// test sees (package reconcile).
+type stage func(next reconcile.Sink) guard.Reporter
+
+// withStage puts the stage between the guard and the test's sink: wrap's,
+// or one without the kernel log whose short window keeps the tests quick.
+// Registered before the guard's own cleanup, it stops after the guard.
+func withStage(t *testing.T, sink *events, wrap stage) guard.Reporter {
+	t.Helper()
+	if wrap != nil {
+		return wrap(sink)
+	}
+	rec := reconcile.New(reconcile.Config{Hostname: "test", Window: 50 * time.Millisecond}, sink)
+	t.Cleanup(rec.Stop)
+	return rec
+}
+
 // startGuard runs a guard over the test's own cgroup sub-tree only; it is
 // stopped at the end of the test.
 func startGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) *events {
@@ -131,7 +149,7 @@ func newGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*guard.Guard,
 	}
 	sink := &events{ch: make(chan event.Event, 100)}
 	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()},
-		kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}, sink, sink)
+		kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}, withStage(t, sink, nil), sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +196,7 @@ func waitGuarded(t *testing.T, g *guard.Guard) {
 func testConfig() guard.Config {
 	cfg := guard.DefaultConfig()
 	cfg.Policy = guard.PolicyProcess
-	cfg.Hostname = "test"
+
 	return cfg
 }
 

@@ -3,9 +3,7 @@ package guard
 import (
 	"cmp"
 	"errors"
-	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -41,11 +39,17 @@ var oomCheckDelays = [...]time.Duration{time.Millisecond, 10 * time.Millisecond,
 
 // countKernelKills reports kernel OOM kills in c and its descendants since
 // the last count (v1's oom_kill is charged to the victim's own cgroup), one
-// event per kill, naming the victim where the processes seen before the
+// fact per kill, naming the victim where the processes seen before the
 // kill tell which one is gone.
 func (g *Guard) countKernelKills(c *cg) {
-	usage, _ := g.mem.Usage(c.rel)
-	stat, _ := g.mem.Stat(c.rel)
+	usage, err := g.mem.Usage(c.rel)
+	if err != nil && !cgroup.IsNotExist(err) {
+		klog.V(2).Infof("cgroup %s: usage after the kernel's OOM kill: %v", c.rel, err)
+	}
+	stat, err := g.mem.Stat(c.rel)
+	if err != nil && !cgroup.IsNotExist(err) {
+		klog.V(2).Infof("cgroup %s: memory.stat after the kernel's OOM kill: %v", c.rel, err)
+	}
 	lastCheck := c.oomChecks+1 >= len(oomCheckDelays)
 	counted, waiting := false, false
 	for rel, d := range g.known {
@@ -85,21 +89,19 @@ func (g *Guard) countKernelKills(c *cg) {
 		counted = true
 		d.oomKills = n
 		for i := uint64(0); i < delta; i++ {
-			g.metrics.KernelKill(event.CgroupOOM)
-			ev := event.Event{
-				Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
-				Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text, Policy: "Kernel", Reason: event.CgroupOOM,
+			k := event.CounterKill{
+				At: g.clock.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+				Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text,
 			}
-			var killed []kill.Candidate
 			if i < uint64(len(victims)) {
-				killed = victims[i : i+1]
+				k.Victim = &processes(g, victims[i:i+1])[0]
 			}
-			g.reportKernelKill(ev, killed)
+			g.reporter.Counted(k)
 		}
 	}
 	if (waiting || !counted) && !lastCheck {
 		c.oomChecks++
-		c.oomCheckAt = time.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
+		c.oomCheckAt = g.clock.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
 		return
 	}
 	c.seen, c.oomSeen = nil, nil
@@ -147,12 +149,12 @@ func (g *Guard) inferKernelKills(c *cg, rel string, usage uint64, statText strin
 		g.own.note(k, nil)
 	}
 	slices.SortFunc(victims, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
-	for _, v := range victims {
-		g.metrics.KernelKill(event.CgroupOOM)
-		g.reportKernelKill(event.Event{
-			Hostname: g.cfg.Hostname, OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
-			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: statText, Policy: "Kernel", Reason: event.CgroupOOM,
-		}, []kill.Candidate{v})
+	for i := range victims {
+		g.reporter.Counted(event.CounterKill{
+			At: g.clock.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: statText,
+			Victim: &processes(g, victims[i:i+1])[0],
+		})
 	}
 	return len(victims)
 }
@@ -181,7 +183,7 @@ func (o *ownKills) note(k kill.Candidate, err error) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	now := time.Now()
+	now := time.Now() // wall time, not the loop's clock: noted off the loop too
 	if o.procs == nil {
 		o.procs = map[int]ownKill{}
 	}
@@ -212,16 +214,4 @@ func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
 	// the first is the likeliest victim of the first kill.
 	slices.SortFunc(gone, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
 	return gone
-}
-
-func (g *Guard) reportKernelKill(ev event.Event, killed []kill.Candidate) {
-	ev.Timestamp = time.Now()
-	ev.Processes = processes(g, killed)
-	ev.Killed = event.KilledField(ev.Processes)
-	who := "a process"
-	if len(killed) > 0 {
-		who = strings.TrimSpace(ev.Killed)
-	}
-	ev.Message = fmt.Sprintf("the kernel OOM-killed %s in %s (limit %s of %s hit)", who, ev.ProcCgroup, bytesMiB(ev.Limit), ev.OOMCgroup)
-	g.sink.Send(ev)
 }

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
-	"github.com/oom-guard/oom-guard/internal/kill"
 	"k8s.io/klog/v2"
 )
 
@@ -45,7 +44,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		return
 	}
 	if c.killingRest.Load() {
-		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
 	c.episode = true
@@ -68,12 +67,12 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		}
 		statBefore = stat.Text
 	}
-	var victim *kill.Target
+	var victim Victim
 	if p != nil {
 		victim, p.target = p.target, nil
 		g.dropPrep(c)
 	} else if victim = g.chooseVictim(c, limit); victim == nil {
-		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
 	g.act(c, victim, usage, limit, notified, statBefore)
@@ -101,7 +100,7 @@ func (g *Guard) standDown(c *cg, usage uint64, stat cgroup.Stat) {
 		default:
 		}
 	}
-	c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)
+	c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 }
 
 // reclaimer runs reclaim requests one at a time, each bounded by
@@ -112,7 +111,7 @@ func (g *Guard) reclaimer(quit <-chan struct{}) {
 		case <-quit:
 			return
 		case rel := <-g.reclaims:
-			start := time.Now()
+			start := g.clock.Now()
 			err := g.mem.Reclaim(rel, g.cfg.MaxMargin, g.cfg.ReclaimBudget)
 			switch {
 			case errors.Is(err, cgroup.ErrBudget):

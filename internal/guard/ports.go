@@ -3,6 +3,7 @@ package guard
 import (
 	"time"
 
+	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/notify"
@@ -22,13 +23,74 @@ type Notifier interface {
 	Sampler() notify.Sampler
 }
 
+// Hierarchy is the memory controller the loop guards: cgroup.Memory,
+// with the hot path's open files behind Files (see kernel.go).
+type Hierarchy interface {
+	Version() cgroup.Version
+	// FS names and walks the cgroup directories.
+	FS() *cgroup.FS
+	Limit(rel string) (uint64, error)
+	Usage(rel string) (uint64, error)
+	Stat(rel string) (cgroup.Stat, error)
+	OOMKills(rel string) (uint64, error)
+	OOMGroup(rel string) (bool, error)
+	Reclaim(rel string, bytes uint64, budget time.Duration) error
+	SoftLimit(rel string) (uint64, error)
+	SetSoftLimit(rel string, bytes uint64) error
+	LimitFile() string
+	// Handle keeps rel's usage, limit and stat open for fast reads.
+	Handle(rel string) (Files, error)
+}
+
+// Files are one cgroup's files kept open for the hot path.
+type Files interface {
+	Usage() (uint64, error)
+	Limit() (uint64, error)
+	Stat() (cgroup.Stat, error)
+	Close()
+}
+
+// Poller is the loop's epoll set (notify.Poller): Add, Remove and Wait
+// belong to the loop, Wake to anyone.
+type Poller interface {
+	Add(fd int) error
+	Remove(fd int) error
+	Wait(timeout time.Duration) (ready []int, woken bool, err error)
+	Wake()
+	Close() error
+}
+
+// DirWatcher tells of cgroup directories made and removed and of limit
+// files written (notify.Inotify).
+type DirWatcher interface {
+	Fd() int
+	Add(dir string) error
+	Remove(dir string)
+	Read() (changes []notify.DirChange, overflow bool, err error)
+	Close() error
+}
+
+// Clock is the loop's time.
+type Clock interface{ Now() time.Time }
+
+// Victim is a chosen process, held so that a kill reaches it and no
+// other (kill.Target).
+type Victim interface {
+	// Inspected is the process as it was looked at.
+	Inspected() kill.Candidate
+	// Kill signals it once and says when.
+	Kill() (time.Time, error)
+	// Close gives it up unkilled.
+	Close()
+}
+
 // Killer finds and kills victims.
 type Killer interface {
 	// Candidates lists rel's processes scored against limit.
 	Candidates(rel string, limit uint64) ([]kill.Candidate, error)
 	// Open holds a chosen victim (by pidfd, or before 5.3 by a /proc/PID
 	// handle), ready to be killed.
-	Open(c kill.Candidate) (*kill.Target, error)
+	Open(c kill.Candidate) (Victim, error)
 	// KillContainer kills every process of the container cgroup rel.
 	KillContainer(rel string) ([]kill.Candidate, time.Time, error)
 	// KillGroup kills cgroup rel the way the kernel kills a
@@ -42,10 +104,17 @@ type Killer interface {
 	FateOf(c kill.Candidate) kill.Fate
 }
 
-// Sink takes events; Send must not block.
-type Sink interface{ Send(event.Event) }
+// Reporter takes the loop's facts, of which one stage (package reconcile)
+// makes the events and counts; it must not block.
+type Reporter interface {
+	// Acted: the guard killed (or under noop would have).
+	Acted(event.Action)
+	// Counted: a cgroup's counter says the kernel OOM-killed a process.
+	Counted(event.CounterKill)
+}
 
-// Metrics is what the guard counts.
+// Metrics is what the loop counts of its own work; the kills are counted
+// where their events are made.
 type Metrics interface {
 	SetGuarded(n int)
 	// SetUnguarded is how many limited cgroups wait for a registration
@@ -56,20 +125,16 @@ type Metrics interface {
 	Fault(kind string)
 	Crossing()
 	StandDown(reason string)
-	Action(reason event.Reason, reaction time.Duration)
-	KernelKill(reason event.Reason)
 }
 
 // NopMetrics counts nothing.
 type NopMetrics struct{}
 
-func (NopMetrics) SetGuarded(int)                     {}
-func (NopMetrics) SetUnguarded(int)                   {}
-func (NopMetrics) Fault(string)                       {}
-func (NopMetrics) Crossing()                          {}
-func (NopMetrics) StandDown(string)                   {}
-func (NopMetrics) Action(event.Reason, time.Duration) {}
-func (NopMetrics) KernelKill(event.Reason)            {}
+func (NopMetrics) SetGuarded(int)   {}
+func (NopMetrics) SetUnguarded(int) {}
+func (NopMetrics) Fault(string)     {}
+func (NopMetrics) Crossing()        {}
+func (NopMetrics) StandDown(string) {}
 
 // The kinds of Metrics.Fault.
 const (

@@ -21,7 +21,7 @@ type prepared struct {
 	usage       uint64 // when prepared
 	reclaimable uint64 // page cache when prepared
 	statText    string // memory.stat when prepared
-	target      *kill.Target
+	target      Victim
 }
 
 // onEarly: usage crossed the early threshold, up or down.
@@ -40,7 +40,7 @@ func (g *Guard) onEarly(c *cg) {
 		g.dropPrep(c)
 		return
 	}
-	if c.prep == nil || time.Since(c.prep.at) > g.cfg.PrepareMaxAge/2 {
+	if c.prep == nil || g.clock.Now().Sub(c.prep.at) > g.cfg.PrepareMaxAge/2 {
 		g.prepare(c, usage)
 	}
 }
@@ -69,7 +69,7 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 	if err != nil {
 		return
 	}
-	c.prep = &prepared{at: time.Now(), usage: usage, reclaimable: stat.Reclaimable, statText: stat.Text, target: target}
+	c.prep = &prepared{at: g.clock.Now(), usage: usage, reclaimable: stat.Reclaimable, statText: stat.Text, target: target}
 	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready",
 		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm)
 }
@@ -89,7 +89,9 @@ func (g *Guard) validPrep(c *cg, now time.Time) *prepared {
 
 func (g *Guard) dropPrep(c *cg) {
 	if c.prep != nil {
-		c.prep.target.Close()
+		if c.prep.target != nil { // nil once the crossing took it
+			c.prep.target.Close()
+		}
 		c.prep = nil
 	}
 }

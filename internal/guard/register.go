@@ -149,7 +149,7 @@ func (g *Guard) installGuard(c *cg, r *registration) bool {
 	klog.V(3).Infof("guard %s: limit %s, threshold %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
 	// The kernel signals crossings only: a cgroup already above its new
 	// threshold would never be noticed, so look at it now.
-	c.recheckAt = time.Now()
+	c.recheckAt = g.clock.Now()
 	return true
 }
 
@@ -168,7 +168,7 @@ func (g *Guard) installRearm(c *cg, r *registration) bool {
 	c.thw, c.earlyw, c.threshold, c.early, c.armedLimit = r.thw, r.earlyw, r.threshold, r.early, r.limit
 	g.setSoftLimit(c)
 	klog.V(2).Infof("cgroup %s: limit now %s, threshold moved to %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
-	c.recheckAt = time.Now()
+	c.recheckAt = g.clock.Now()
 	return true
 }
 
@@ -178,7 +178,7 @@ func (g *Guard) logStarted() {
 		return
 	}
 	klog.Infof("guarding %d of %d cgroups under %s (%s, policy %s), ready %v after start",
-		g.guarded, len(g.known), g.mem.FS().Root, g.mem.Version(), g.cfg.Policy, time.Since(g.started).Round(time.Millisecond))
+		g.guarded, len(g.known), g.mem.FS().Root, g.mem.Version(), g.cfg.Policy, g.clock.Now().Sub(g.started).Round(time.Millisecond))
 	g.started = time.Time{}
 	close(g.ready)
 }
@@ -221,7 +221,7 @@ func (g *Guard) retryLater(c *cg, what string, err error) {
 	if c.retries == 0 {
 		klog.Warningf("cgroup %s: not guarded: %s: %v (retrying with back-off; oomguard_unguarded_cgroups counts such cgroups)", c.rel, what, err)
 	}
-	c.retryAt = time.Now().Add(min(retryMin<<min(c.retries, 16), retryMax))
+	c.retryAt = g.clock.Now().Add(min(retryMin<<min(c.retries, 16), retryMax))
 	c.retries++
 	g.retrying[c] = struct{}{}
 	g.metrics.SetUnguarded(len(g.retrying))

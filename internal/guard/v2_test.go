@@ -9,6 +9,7 @@ package guard_test
 // memory.high, memory.oom.group, /dev/kmsg.
 
 import (
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/kmsg"
 	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/reconcile"
+	"github.com/oom-guard/oom-guard/internal/report"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 	"github.com/oom-guard/oom-guard/internal/testenv/vm"
 )
@@ -42,13 +44,13 @@ type v2Guard struct {
 // startV2Guard runs a guard over cg's sub-tree with the production v2
 // parts; the sink may be wrapped (reconcile). It stops at the end of the
 // test, or earlier through stop.
-func startV2Guard(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, wrap func(guard.Sink) guard.Sink) *v2Guard {
+func startV2Guard(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, wrap stage) *v2Guard {
 	t.Helper()
 	return startV2GuardWith(t, cg, cfg, notify.DefaultV2Options(), wrap)
 }
 
 // startV2GuardWith is startV2Guard with the notifier's options.
-func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts notify.V2Options, wrap func(guard.Sink) guard.Sink) *v2Guard {
+func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts notify.V2Options, wrap stage) *v2Guard {
 	t.Helper()
 	vm.GuestOnly(t)
 	m, err := cgroup.Open(cg.FS.Path(cg.Rel, ""))
@@ -61,11 +63,7 @@ func startV2GuardWith(t *testing.T, cg *testenv.V2Cgroup, cfg guard.Config, opts
 		t.Fatal(err)
 	}
 	sink := &events{ch: make(chan event.Event, 100)}
-	var s guard.Sink = sink
-	if wrap != nil {
-		s = wrap(sink)
-	}
-	g, err := guard.New(cfg, mem, n, kill.Killer{Mem: mem.FS(), Unified: true, Self: os.Getpid()}, s, sink)
+	g, err := guard.New(cfg, mem, n, kill.Killer{Mem: mem.FS(), Unified: true, Self: os.Getpid()}, withStage(t, sink, wrap), sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,11 +321,18 @@ func TestV2KernelOOMReconciledWithKernelLog(t *testing.T) {
 	}
 }
 
-// reconciled wraps the guard's sink in the reconciler fed by /dev/kmsg,
-// as cmd/oom-guard does; both stop at the end of the test.
-func reconciled(t *testing.T, cg *testenv.V2Cgroup) func(guard.Sink) guard.Sink {
-	return func(next guard.Sink) guard.Sink {
-		rec := reconcile.New(reconcile.Config{Hostname: "test", MemRoot: testenv.V2Root, Scope: cg.FS.Path(cg.Rel, "")}, next)
+// reconciled is the stage fed by /dev/kmsg as well, as cmd/oom-guard has
+// it; both stop at the end of the test.
+func reconciled(t *testing.T, cg *testenv.V2Cgroup) stage { return counted(t, cg, nil) }
+
+// counted is reconciled, counting in m as the binary does.
+func counted(t *testing.T, cg *testenv.V2Cgroup, m *report.Metrics) stage {
+	return func(next reconcile.Sink) guard.Reporter {
+		cfg := reconcile.Config{Hostname: "test", MemRoot: testenv.V2Root, Scope: cg.FS.Path(cg.Rel, "")}
+		if m != nil {
+			cfg.Metrics = m
+		}
+		rec := reconcile.New(cfg, next)
 		r, err := kmsg.Open(kmsg.Config{OnKill: rec.Kernel})
 		if err != nil {
 			testenv.Skip(t, "kernel log: "+err.Error())
@@ -431,7 +436,8 @@ func TestV2GlobalOOMIsSystemOOM(t *testing.T) {
 	rel := cg.Child(t, "c", 64<<30) // guarded, but far above the VM's memory
 	cfg := testConfig()
 	cfg.Policy = guard.PolicyNoop
-	g := startV2Guard(t, cg, cfg, reconciled(t, cg))
+	metrics := report.NewMetrics()
+	g := startV2Guard(t, cg, cfg, counted(t, cg, metrics))
 	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 	cg.Start(t, rel, hog)
 	// The test binary (and the guard in it) must not be the global OOM
@@ -474,6 +480,17 @@ func TestV2GlobalOOMIsSystemOOM(t *testing.T) {
 	}
 	if kills := filter(g.sink.all(), event.CgroupOOM); len(kills) != 1 {
 		t.Fatalf("%d CgroupOOM events for one cgroup OOM after a global one: %+v", len(kills), kills)
+	}
+	// Each kill counted once, under its reason.
+	rec := httptest.NewRecorder()
+	metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="SystemOOM"} 1`,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="CgroupOOM"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), "\n"+want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 

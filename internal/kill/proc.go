@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/kernel"
 )
 
@@ -38,6 +39,15 @@ type Candidate struct {
 	// Dying: killed (SIGKILL pending, or exiting of it) when inspected;
 	// its memory is coming back.
 	Dying bool
+}
+
+// Process is c as an event names it; cgroup is the absolute path of c's
+// cgroup.
+func (c Candidate) Process(cgroup string) event.Process {
+	return event.Process{
+		Pid: c.Pid, Comm: c.Comm, OOMScore: c.OOMScore, Cgroup: cgroup, PidInNS: c.Status.PidInNS,
+		AnonRSSKB: c.Status.RssAnonKB, FileRSSKB: c.Status.RssFileKB, ShmemRSSKB: c.Status.RssShmemKB, TotalVMKB: c.Status.VmSizeKB,
+	}
 }
 
 // Status is what /proc/PID/status tells of a process's memory.

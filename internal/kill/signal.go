@@ -210,6 +210,9 @@ func (t *Target) closeProcfd() {
 	}
 }
 
+// Inspected is the process as it was looked at when chosen.
+func (t *Target) Inspected() Candidate { return t.Candidate }
+
 // Close gives up a Target that will not be killed.
 func (t *Target) Close() {
 	if t == nil {

@@ -1,21 +1,18 @@
-// Package reconcile turns the two views of a kernel OOM kill into one event
-// per kill, and completes every event's identity off the kill path.
-//
-// The cgroup counters (seen by the guard loop) never miss a kill but tell
-// little; the kernel log names the victim and its memory at death but is
-// rate-limited and can overrun. So a kill from either source waits a short
-// window for the other: matched, it is reported once with the richest
-// details of both; unmatched, it is reported with what its own source gave.
-// Then the cgroup path and the container runtime say which container and pod
-// it was, and whether it was the seed-003 case: a child process killed while
-// its container runs on.
+// Package reconcile is the one stage that says what happened. The guard
+// loop states facts (an action, a kill its counters saw), the kernel log
+// states its records; this stage alone turns them into events: it
+// de-duplicates the kernel's kills seen by both (match.go), names the
+// container and pod, tells the seed-003 case (a child killed while its
+// container runs on), writes the message a person reads (message.go),
+// counts every event once, and hands it to the sinks, which only encode.
+// Where --kill-container-on-child-oom asks, it has the container stopped
+// off its own goroutine (childstop.go), an action reported like the
+// guard's.
 package reconcile
 
 import (
 	"context"
-	"fmt"
 	"path"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,11 +28,21 @@ import (
 // Sink takes finished events and must not block (report.Sink).
 type Sink interface{ Send(event.Event) }
 
+// Metrics counts the events as they go out: after de-duplication and
+// classification, so each kill once, under its final reason.
+type Metrics interface {
+	Event(ev event.Event)
+}
+
 // Inspector tells what the container runtime knows (identity.Cached, which
 // bounds every lookup in time).
 type Inspector interface {
 	Inspect(ctx context.Context, id identity.ID) (identity.Info, error)
 }
+
+// ContainerKiller kills the whole container of a cgroup (absolute path)
+// and returns its processes that were killed.
+type ContainerKiller func(cgroup string) ([]event.Process, error)
 
 // Config configures a Reconciler.
 type Config struct {
@@ -54,9 +61,11 @@ type Config struct {
 	// Procs lists the processes still in a cgroup (absolute path): a
 	// container whose cgroup has processes after the kill runs on.
 	Procs func(cgroup string) ([]int, error)
-	// OnChildOOM, if set, is called (on the reconciler's goroutine) for
-	// every ChildOOM event, before it is sent on.
-	OnChildOOM func(event.Event)
+	// KillOnChildOOM, if set, kills the container of every ChildOOM event
+	// (--kill-container-on-child-oom), off the reporting path.
+	KillOnChildOOM ContainerKiller
+	// Metrics, if set, counts every event that goes out.
+	Metrics Metrics
 	// QueueSize bounds what waits to be reconciled; more is dropped, counted.
 	QueueSize int
 }
@@ -65,8 +74,8 @@ type Config struct {
 // notification) and a kernel log reader that is a little behind.
 const DefaultWindow = 300 * time.Millisecond
 
-// Reconciler matches kernel kills from the cgroup counters (Send) with
-// those from the kernel log (Kernel) and passes every event on, enriched.
+// Reconciler is the stage. Its inputs never block; one goroutine does the
+// rest.
 type Reconciler struct {
 	cfg     Config
 	next    Sink
@@ -77,30 +86,14 @@ type Reconciler struct {
 	dropped atomic.Uint64
 
 	// Owned by the run goroutine.
-	waitingEvents []waiting
-	waitingKills  []waiting
-	// globalKills holds, per victim cgroup (absolute path), the pids of
-	// the system OOM kills the kernel log reported there. The kernel
-	// charges such a kill to the victim cgroup's oom_kill counter as well,
-	// without an OOM of that cgroup, so the guard counts it only at the
-	// cgroup's next own OOM: one kill too many, which no kernel-log record
-	// matches.
-	globalKills map[string][]int
+	match   *matcher
+	stopper *childStopper
 }
-
-// maxGlobalKillCgroups bounds globalKills: past it, a system OOM kill in a
-// further cgroup may be reported once more, as a CgroupOOM, when that
-// cgroup next runs out of memory itself.
-const maxGlobalKillCgroups = 4096
 
 type input struct {
-	ev   *event.Event
-	kill *kmsg.Kill
-}
-
-type waiting struct {
-	input
-	until time.Time
+	action  *event.Action
+	counted *event.CounterKill
+	kill    *kmsg.Kill
 }
 
 // New starts a Reconciler that sends to next. Stop it with Stop.
@@ -111,14 +104,20 @@ func New(cfg Config, next Sink) *Reconciler {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 1024
 	}
-	r := &Reconciler{cfg: cfg, next: next, in: make(chan input, cfg.QueueSize), stop: make(chan struct{}), done: make(chan struct{}),
-		globalKills: map[string][]int{}}
+	r := &Reconciler{cfg: cfg, next: next, in: make(chan input, cfg.QueueSize), stop: make(chan struct{}), done: make(chan struct{})}
+	r.match = newMatcher(cfg)
+	if cfg.KillOnChildOOM != nil {
+		r.stopper = newChildStopper(cfg.KillOnChildOOM, r.scoped, &r.dropped)
+	}
 	go r.run()
 	return r
 }
 
-// Send takes an event from the guard. It never blocks.
-func (r *Reconciler) Send(ev event.Event) { r.offer(input{ev: &ev}) }
+// Acted takes an action of the guard's. It never blocks.
+func (r *Reconciler) Acted(a event.Action) { r.offer(input{action: &a}) }
+
+// Counted takes a kernel kill the guard's counters saw. It never blocks.
+func (r *Reconciler) Counted(k event.CounterKill) { r.offer(input{counted: &k}) }
 
 // Kernel takes a kill from the kernel log. It never blocks.
 func (r *Reconciler) Kernel(k kmsg.Kill) { r.offer(input{kill: &k}) }
@@ -140,7 +139,8 @@ func (r *Reconciler) offer(in input) {
 // Dropped counts what a full queue or a stopped Reconciler turned away.
 func (r *Reconciler) Dropped() uint64 { return r.dropped.Load() }
 
-// Stop reports whatever still waits for its match and ends the goroutine.
+// Stop reports whatever still waits for its match, lets a container stop
+// under way finish and report, and ends the goroutines.
 func (r *Reconciler) Stop() {
 	r.once.Do(func() { close(r.stop) })
 	<-r.done
@@ -154,242 +154,118 @@ func (r *Reconciler) run() {
 		select {
 		case in := <-r.in:
 			r.take(in, time.Now())
+		case a := <-r.stopper.results():
+			r.out(fromAction(a), &a)
 		case now := <-tick.C:
-			r.expire(now)
+			r.outAll(r.match.expire(now))
 		case <-r.stop:
-			for {
-				select {
-				case in := <-r.in:
-					r.take(in, time.Now())
-				default:
-					r.expire(time.Now().Add(24 * time.Hour))
-					return
-				}
-			}
+			r.drain()
+			return
 		}
+	}
+}
+
+// drain reports what is queued and what still waits, then what the
+// container stops it asked for did.
+func (r *Reconciler) drain() {
+	for {
+		select {
+		case in := <-r.in:
+			r.take(in, time.Now())
+			continue
+		default:
+		}
+		break
+	}
+	r.outAll(r.match.expire(time.Now().Add(24 * time.Hour)))
+	for a := range r.stopper.finish() {
+		r.out(fromAction(a), &a)
 	}
 }
 
 func (r *Reconciler) take(in input, now time.Time) {
-	if in.ev != nil {
-		if in.ev.Reason != event.CgroupOOM {
-			r.out(*in.ev)
-			return
-		}
-		for i, w := range r.waitingKills {
-			if matches(in.ev, w.kill, r.abs) {
-				r.waitingKills = append(r.waitingKills[:i], r.waitingKills[i+1:]...)
-				r.out(merge(*in.ev, *w.kill, r.abs))
-				return
-			}
-		}
-		r.waitingEvents = append(r.waitingEvents, waiting{in, now.Add(r.cfg.Window)})
-		return
-	}
-	k := in.kill
-	// A kill line whose summary the kernel rate-limited names no cgroup:
-	// it may still match a counter event by pid, so it waits like any.
-	if !k.Global && k.TaskMemcg != "" && !r.inScope(r.abs(k.TaskMemcg)) {
-		klog.V(3).Infof("kernel log: OOM kill of pid %d in %s, outside %s: not ours", k.Pid, k.TaskMemcg, r.cfg.Scope)
-		return
-	}
-	for i, w := range r.waitingEvents {
-		if matches(w.ev, k, r.abs) {
-			r.waitingEvents = append(r.waitingEvents[:i], r.waitingEvents[i+1:]...)
-			r.out(merge(*w.ev, *k, r.abs))
-			return
-		}
-	}
-	r.waitingKills = append(r.waitingKills, waiting{in, now.Add(r.cfg.Window)})
-}
-
-// expire reports, with what their own source gave, the kills whose match
-// did not come in time.
-func (r *Reconciler) expire(now time.Time) {
-	keep := r.waitingEvents[:0]
-	for _, w := range r.waitingEvents {
-		if now.Before(w.until) {
-			keep = append(keep, w)
-			continue
-		}
-		if r.countedGlobalKill(w.ev) {
-			continue
-		}
-		r.out(*w.ev)
-	}
-	r.waitingEvents = keep
-	keepK := r.waitingKills[:0]
-	for _, w := range r.waitingKills {
-		if now.Before(w.until) {
-			keepK = append(keepK, w)
-			continue
-		}
-		if k := w.kill; !k.Global && k.TaskMemcg == "" {
-			// No cgroup, no counter moved for it: a memcg kill outside
-			// the guarded sub-tree, or one the log cannot place.
-			klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in an unnamed cgroup, matched by no counter: not reported", k.Pid, k.Comm)
-			continue
-		}
-		r.noteGlobalKill(w.kill)
-		r.out(r.fromKernel(*w.kill))
-	}
-	r.waitingKills = keepK
-}
-
-// noteGlobalKill remembers a system OOM kill in a guarded cgroup, which that
-// cgroup's kill counter will report again (globalKills).
-func (r *Reconciler) noteGlobalKill(k *kmsg.Kill) {
-	if !k.Global || k.TaskMemcg == "" {
-		return
-	}
-	cg := r.abs(k.TaskMemcg)
-	if !r.inScope(cg) {
-		return
-	}
-	if _, ok := r.globalKills[cg]; !ok && len(r.globalKills) >= maxGlobalKillCgroups {
-		klog.Warningf("system OOM kill of pid %d in %s: already %d cgroups with such kills pending; its cgroup counter may report it again", k.Pid, cg, len(r.globalKills))
-		return
-	}
-	r.globalKills[cg] = append(r.globalKills[cg], k.Pid)
-}
-
-// countedGlobalKill tells whether a counter event that no kernel-log record
-// matched is a system OOM kill reported before (globalKills), and forgets
-// that kill. An event naming another process is a kill of its own; one
-// naming no process is taken for the oldest such kill.
-func (r *Reconciler) countedGlobalKill(ev *event.Event) bool {
-	pids := r.globalKills[ev.ProcCgroup]
-	i := -1
 	switch {
-	case len(pids) == 0:
-	case len(ev.Processes) == 0 || ev.Processes[0].Pid <= 0:
-		i = 0
-	default:
-		i = slices.Index(pids, ev.Processes[0].Pid)
+	case in.action != nil:
+		r.out(fromAction(*in.action), in.action)
+	case in.counted != nil:
+		r.outAll(r.match.counted(fromCounter(*in.counted), now))
+	case in.kill != nil:
+		r.outAll(r.match.kernel(*in.kill, now))
 	}
-	if i < 0 {
-		return false
-	}
-	klog.V(2).Infof("cgroup %s: a kill its counter reported matches no kernel-log record: the system OOM kill of pid %d reported there before, counted by the cgroup too; not reported again", ev.ProcCgroup, pids[i])
-	if pids = slices.Delete(pids, i, i+1); len(pids) == 0 {
-		delete(r.globalKills, ev.ProcCgroup)
-	} else {
-		r.globalKills[ev.ProcCgroup] = pids
-	}
-	return true
 }
 
-// abs turns a cgroup path from the kernel log into an absolute path.
-func (r *Reconciler) abs(kernelPath string) string {
-	if kernelPath == "" {
-		return ""
+func (r *Reconciler) outAll(evs []event.Event) {
+	for _, ev := range evs {
+		r.out(ev, nil)
 	}
-	return path.Join(r.cfg.MemRoot, kernelPath)
 }
 
-func (r *Reconciler) inScope(p string) bool {
-	scope := strings.TrimSuffix(r.cfg.Scope, "/")
-	return scope == "" || p == scope || strings.HasPrefix(p, scope+"/")
-}
-
-// matches tells whether a counter event and a kernel-log kill are the same
-// kill: the same victim pid where the counters named one, else the same
-// victim cgroup.
-func matches(ev *event.Event, k *kmsg.Kill, abs func(string) string) bool {
-	if len(ev.Processes) > 0 && ev.Processes[0].Pid > 0 {
-		return ev.Processes[0].Pid == k.Pid
+// out finishes an event (identity, classification, message), counts it
+// and sends it on; a ChildOOM may ask for its container's stop. a is the
+// action the event reports, nil for a kernel kill.
+func (r *Reconciler) out(ev event.Event, a *event.Action) {
+	if ev.Hostname == "" {
+		ev.Hostname = r.cfg.Hostname
 	}
-	return k.TaskMemcg != "" && abs(k.TaskMemcg) == ev.ProcCgroup
-}
-
-// merge completes a counter event with the kernel's own account: the
-// victim's memory at death, and which limit was hit (often the pod's,
-// while the counter moved in the container's cgroup).
-func merge(ev event.Event, k kmsg.Kill, abs func(string) string) event.Event {
-	p := event.Process{Cgroup: ev.ProcCgroup}
-	if len(ev.Processes) > 0 {
-		p = ev.Processes[0]
-	}
-	p.Pid, p.Comm = k.Pid, k.Comm
-	p.AnonRSSKB, p.FileRSSKB, p.ShmemRSSKB, p.TotalVMKB = k.AnonRSSKB, k.FileRSSKB, k.ShmemRSSKB, k.TotalVMKB
-	ev.Processes = []event.Process{p}
-	ev.Killed = event.KilledField(ev.Processes)
-	if k.OOMMemcg != "" {
-		ev.OOMCgroup = abs(k.OOMMemcg)
-	}
-	return ev
-}
-
-// fromKernel makes an event of a kernel-log kill the counters did not see:
-// a system-wide OOM, or a cgroup the guard does not watch.
-func (r *Reconciler) fromKernel(k kmsg.Kill) event.Event {
-	ev := event.Event{
-		Hostname: r.cfg.Hostname, Timestamp: time.Now(), Policy: "Kernel", Reason: event.CgroupOOM,
-		OOMCgroup: r.abs(k.OOMMemcg), ProcCgroup: r.abs(k.TaskMemcg),
-		Processes: []event.Process{{
-			Pid: k.Pid, Comm: k.Comm, Cgroup: r.abs(k.TaskMemcg),
-			AnonRSSKB: k.AnonRSSKB, FileRSSKB: k.FileRSSKB, ShmemRSSKB: k.ShmemRSSKB, TotalVMKB: k.TotalVMKB,
-		}},
-	}
-	ev.Killed = event.KilledField(ev.Processes)
-	where := ev.ProcCgroup
-	if where == "" {
-		where = "an unknown cgroup"
-	}
-	if k.Global {
-		ev.Reason = event.SystemOOM
-		ev.Message = fmt.Sprintf("system OOM: the kernel killed %s in %s (%s)", strings.TrimSpace(ev.Killed), where, k.Reason)
-	} else {
-		ev.Message = fmt.Sprintf("the kernel OOM-killed %s in %s (limit of %s hit)", strings.TrimSpace(ev.Killed), where, ev.OOMCgroup)
-	}
-	return ev
-}
-
-// out names the event's container and pod and sends it on.
-func (r *Reconciler) out(ev event.Event) {
-	r.enrich(&ev)
-	if ev.Reason == event.ChildOOM && r.cfg.OnChildOOM != nil {
-		r.cfg.OnChildOOM(ev)
-	}
-	r.next.Send(ev)
-}
-
-func (r *Reconciler) enrich(ev *event.Event) {
-	id, ok := identity.FromPath(ev.ProcCgroup)
-	if !ok || id.ContainerID == "" && id.PodUID == "" {
-		return
-	}
-	ev.Identity = event.Identity{Runtime: id.Runtime, ContainerID: id.ContainerID, PodUID: id.PodUID}
-	var info identity.Info
-	if r.cfg.Inspector != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		got, err := r.cfg.Inspector.Inspect(ctx, id)
-		cancel()
-		if err == nil {
-			info = got
-			ev.Identity = fillFrom(got.Identity, ev.Identity)
-		} else {
-			klog.V(3).Infof("cgroup %s: runtime does not name it: %v", ev.ProcCgroup, err)
-		}
-	}
-	if ev.Reason == event.CgroupOOM && id.ContainerID != "" && r.childOfRunning(ev, info) {
+	info := r.enrich(&ev)
+	if ev.Reason == event.CgroupOOM && ev.ContainerID != "" && r.childOfRunning(&ev, info) {
 		ev.Reason = event.ChildOOM
 	}
-	ev.Message = describe(*ev)
+	ev.Message = describe(ev, a)
+	if r.cfg.Metrics != nil {
+		r.cfg.Metrics.Event(ev)
+	}
+	r.next.Send(ev)
+	if ev.Reason == event.ChildOOM {
+		r.stopper.ask(ev)
+	}
 }
 
-// fillFrom is got, with what it lacks taken from the path's identity.
-func fillFrom(got, path event.Identity) event.Identity {
-	if got.Runtime == "" {
-		got.Runtime = path.Runtime
+// fromAction is the event of an action: the seed's fields, and what the
+// guard knew.
+func fromAction(a event.Action) event.Event {
+	ev := event.Event{
+		Timestamp: a.At, OOMCgroup: a.OOMCgroup, ProcCgroup: a.ProcCgroup,
+		Threshold: a.Threshold, Usage: a.Usage, Limit: a.Limit, Stats: a.Stats, Policy: a.Policy,
+		Reason: a.Reason, Processes: a.Killed, Reaction: a.Reaction, OOMGroup: a.OOMGroup,
 	}
-	if got.ContainerID == "" {
-		got.ContainerID = path.ContainerID
+	ev.Killed = event.KilledField(ev.Processes)
+	return ev
+}
+
+// fromCounter is the event of a counter kill, before any kernel-log match.
+func fromCounter(k event.CounterKill) event.Event {
+	ev := event.Event{
+		Timestamp: k.At, OOMCgroup: k.OOMCgroup, ProcCgroup: k.ProcCgroup,
+		Threshold: k.Threshold, Usage: k.Usage, Limit: k.Limit, Stats: k.Stats, Policy: "Kernel", Reason: event.CgroupOOM,
 	}
-	if got.PodUID == "" {
-		got.PodUID = path.PodUID
+	if k.Victim != nil {
+		ev.Processes = []event.Process{*k.Victim}
 	}
-	return got
+	ev.Killed = event.KilledField(ev.Processes)
+	return ev
+}
+
+// enrich names the event's container and pod: from the path, then from
+// the runtime, whose answer it also returns.
+func (r *Reconciler) enrich(ev *event.Event) identity.Info {
+	id, ok := identity.FromPath(ev.ProcCgroup)
+	if !ok || id.ContainerID == "" && id.PodUID == "" {
+		return identity.Info{}
+	}
+	ev.Identity = event.Identity{Runtime: id.Runtime, ContainerID: id.ContainerID, PodUID: id.PodUID}
+	if r.cfg.Inspector == nil {
+		return identity.Info{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	info, err := r.cfg.Inspector.Inspect(ctx, id)
+	if err != nil {
+		klog.V(3).Infof("cgroup %s: runtime does not name it: %v", ev.ProcCgroup, err)
+		return identity.Info{}
+	}
+	ev.Identity = info.Identity.Or(ev.Identity)
+	return info
 }
 
 // childOfRunning: the victim was not the container's init (its pid in its
@@ -419,41 +295,18 @@ func (r *Reconciler) childOfRunning(ev *event.Event, info identity.Info) bool {
 	return info.Running
 }
 
-// describe is the line a person reads in the log and in the Kubernetes Event.
-func describe(ev event.Event) string {
-	var who strings.Builder
-	who.WriteString(strings.TrimSpace(ev.Killed))
-	if who.Len() == 0 {
-		who.WriteString("a process")
-	}
-	if len(ev.Processes) == 1 && ev.Processes[0].AnonRSSKB > 0 {
-		fmt.Fprintf(&who, " (anon-rss %d MiB)", ev.Processes[0].AnonRSSKB>>10)
-	}
-	where := ev.ProcCgroup
-	if ev.ContainerName != "" || ev.ContainerID != "" {
-		name := ev.ContainerName
-		if name == "" {
-			name = shortID(ev.ContainerID)
-		}
-		where = "container " + name
-		if ev.PodName != "" {
-			where += " of pod " + ev.PodNamespace + "/" + ev.PodName
-		}
-	}
-	switch ev.Reason {
-	case event.ChildOOM:
-		return fmt.Sprintf("the kernel OOM-killed %s, a child process in %s; the container keeps running, so its runtime and Kubernetes report nothing (limit of %s hit)", who.String(), where, ev.OOMCgroup)
-	case event.CgroupOOM:
-		return fmt.Sprintf("the kernel OOM-killed %s in %s (limit of %s hit)", who.String(), where, ev.OOMCgroup)
-	case event.SystemOOM:
-		return fmt.Sprintf("system OOM: the kernel killed %s in %s", who.String(), where)
-	}
-	return ev.Message // the guard's own; sinks add the identity
+// scoped tells whether an absolute cgroup path is in the guarded sub-tree.
+func (r *Reconciler) scoped(p string) bool { return inScope(r.cfg.Scope, p) }
+
+func inScope(scope, p string) bool {
+	scope = strings.TrimSuffix(scope, "/")
+	return scope == "" || p == scope || strings.HasPrefix(p, scope+"/")
 }
 
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
+// absPath turns a cgroup path from the kernel log into an absolute path.
+func absPath(memRoot, kernelPath string) string {
+	if kernelPath == "" {
+		return ""
 	}
-	return id
+	return path.Join(memRoot, kernelPath)
 }

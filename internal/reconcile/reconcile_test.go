@@ -4,30 +4,12 @@ import (
 	"bufio"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/kmsg"
 )
-
-type collector struct {
-	mu  sync.Mutex
-	evs []event.Event
-}
-
-func (c *collector) Send(ev event.Event) {
-	c.mu.Lock()
-	c.evs = append(c.evs, ev)
-	c.mu.Unlock()
-}
-
-func (c *collector) all() []event.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]event.Event(nil), c.evs...)
-}
 
 // realKill is the kill this project's own test machine logged (kmsg's
 // testdata): the kernel's own words, not a made-up record.
@@ -58,191 +40,150 @@ func realKill(t *testing.T) kmsg.Kill {
 
 const memRoot = "/sys/fs/cgroup/memory"
 
-func newTest(t *testing.T, cfg Config) (*Reconciler, *collector) {
-	t.Helper()
-	out := &collector{}
+// t0 is the tests' clock: the matcher reads none, every call says when.
+var t0 = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+
+const window = 300 * time.Millisecond
+
+func newMatcherTest(cfg Config) *matcher {
 	cfg.MemRoot = memRoot
-	cfg.Window = 50 * time.Millisecond
-	r := New(cfg, out)
-	t.Cleanup(r.Stop)
-	return r, out
+	cfg.Window = window
+	return newMatcher(cfg)
 }
 
-// counterEvent is what the guard reports when the victim's cgroup counter
-// moved; pid 0 when the processes seen before did not tell the victim.
-func counterEvent(k kmsg.Kill, pid int) event.Event {
-	ev := event.Event{Reason: event.CgroupOOM, Policy: "Kernel", ProcCgroup: memRoot + k.TaskMemcg, OOMCgroup: memRoot + k.TaskMemcg}
+// counterKill is what the guard's counters report; pid 0 when the
+// processes seen before did not tell the victim.
+func counterKill(k kmsg.Kill, pid int) event.Event {
+	c := event.CounterKill{ProcCgroup: memRoot + k.TaskMemcg, OOMCgroup: memRoot + k.TaskMemcg}
 	if pid > 0 {
-		ev.Processes = []event.Process{{Pid: pid, Comm: k.Comm, AnonRSSKB: 1, PidInNS: pid}}
+		c.Victim = &event.Process{Pid: pid, Comm: k.Comm, AnonRSSKB: 1, PidInNS: pid}
 	}
-	return ev
+	return fromCounter(c)
 }
 
-func waitN(t *testing.T, c *collector, n int) []event.Event {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for len(c.all()) < n && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+// run feeds the matcher its inputs at the given offsets from t0, then
+// expires what is left one window after the last, and returns every event
+// that came out.
+func run(m *matcher, steps ...step) []event.Event {
+	var out []event.Event
+	var last time.Duration
+	for _, s := range steps {
+		now := t0.Add(s.at)
+		out = append(out, m.expire(now)...)
+		switch {
+		case s.counter != nil:
+			out = append(out, m.counted(*s.counter, now)...)
+		case s.kill != nil:
+			out = append(out, m.kernel(*s.kill, now)...)
+		}
+		last = s.at
 	}
-	time.Sleep(120 * time.Millisecond) // anything more would come within two windows
-	evs := c.all()
-	if len(evs) != n {
-		t.Fatalf("%d events, want %d: %+v", len(evs), n, evs)
-	}
-	return evs
+	return append(out, m.expire(t0.Add(last+window))...)
 }
+
+type step struct {
+	at      time.Duration
+	counter *event.Event
+	kill    *kmsg.Kill
+}
+
+func counted(at time.Duration, ev event.Event) step { return step{at: at, counter: &ev} }
+func logged(at time.Duration, k kmsg.Kill) step     { return step{at: at, kill: &k} }
 
 // One kill seen by both sources is reported once, with the kernel's
-// figures, whichever source speaks first.
+// figures, whichever source speaks first and however late within the
+// window.
 func TestBothSourcesOneEvent(t *testing.T) {
 	k := realKill(t)
+	bare := k // the summary rate-limited: a kill line without cgroups
+	bare.TaskMemcg, bare.OOMMemcg = "", ""
+	late := window - time.Millisecond
 	for _, tc := range []struct {
-		name        string
-		pid         int
-		kernelFirst bool
+		name  string
+		steps []step
 	}{
-		{"counter first, victim known", k.Pid, false},
-		{"kernel first, victim known", k.Pid, true},
-		{"counter first, victim unknown", 0, false},
-		{"kernel first, victim unknown", 0, true},
-		{"summary rate-limited, kernel first", k.Pid, true},
-		{"summary rate-limited, counter first", k.Pid, false},
+		{"counter first, victim known", []step{counted(0, counterKill(k, k.Pid)), logged(late, k)}},
+		{"kernel first, victim known", []step{logged(0, k), counted(late, counterKill(k, k.Pid))}},
+		{"counter first, victim unknown", []step{counted(0, counterKill(k, 0)), logged(late, k)}},
+		{"kernel first, victim unknown", []step{logged(0, k), counted(late, counterKill(k, 0))}},
+		{"summary rate-limited, kernel first", []step{logged(0, bare), counted(late, counterKill(k, k.Pid))}},
+		{"summary rate-limited, counter first", []step{counted(0, counterKill(k, k.Pid)), logged(late, bare)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, out := newTest(t, Config{Scope: memRoot + k.TaskMemcg})
-			logged := k
-			if strings.HasPrefix(tc.name, "summary rate-limited") {
-				logged.TaskMemcg, logged.OOMMemcg = "", ""
+			evs := run(newMatcherTest(Config{Scope: memRoot + k.TaskMemcg}), tc.steps...)
+			if len(evs) != 1 {
+				t.Fatalf("%d events, want 1: %+v", len(evs), evs)
 			}
-			if tc.kernelFirst {
-				r.Kernel(logged)
-				r.Send(counterEvent(k, tc.pid))
-			} else {
-				r.Send(counterEvent(k, tc.pid))
-				time.Sleep(10 * time.Millisecond)
-				r.Kernel(logged)
+			ev, p := evs[0], evs[0].Processes[0] // merged: the kernel's anon-rss, not the counter's
+			wantOOM := memRoot + k.OOMMemcg
+			if strings.Contains(tc.name, "rate-limited") {
+				wantOOM = memRoot + k.TaskMemcg // the bare line names no limit
 			}
-			ev := waitN(t, out, 1)[0] // merged: the kernel's anon-rss, not the counter's
-			p := ev.Processes[0]
 			if ev.Reason != event.CgroupOOM || p.Pid != k.Pid || p.Comm != k.Comm || p.AnonRSSKB != k.AnonRSSKB ||
-				ev.OOMCgroup != memRoot+k.OOMMemcg || ev.Killed != event.KilledField(ev.Processes) {
+				ev.OOMCgroup != wantOOM || ev.Killed != event.KilledField(ev.Processes) {
 				t.Fatalf("merged event %+v from kill %+v", ev, k)
 			}
 		})
 	}
 }
 
-// A source whose match never comes is reported on its own after the window.
-func TestOneSourceAlone(t *testing.T) {
+// A match that comes after the window is too late: two events.
+func TestMatchAfterTheWindow(t *testing.T) {
 	k := realKill(t)
-	t.Run("counters only (kernel log lost)", func(t *testing.T) {
-		r, out := newTest(t, Config{})
-		r.Send(counterEvent(k, 4242))
-		ev := waitN(t, out, 1)[0]
-		if ev.Processes[0].Pid != 4242 || ev.Reason != event.CgroupOOM {
-			t.Fatalf("%+v", ev)
-		}
-	})
-	t.Run("kernel log only (a cgroup the guard does not count)", func(t *testing.T) {
-		r, out := newTest(t, Config{Hostname: "node-1"})
-		r.Kernel(k)
-		ev := waitN(t, out, 1)[0]
-		if ev.Reason != event.CgroupOOM || ev.ProcCgroup != memRoot+k.TaskMemcg || ev.Hostname != "node-1" || ev.Processes[0].Pid != k.Pid {
-			t.Fatalf("%+v", ev)
-		}
-	})
-	t.Run("system OOM", func(t *testing.T) {
-		r, out := newTest(t, Config{Scope: memRoot + "/somewhere/else"})
-		g := k
-		g.Global, g.Memcg, g.OOMMemcg, g.Reason = true, false, "", "Out of memory"
-		r.Kernel(g)
-		ev := waitN(t, out, 1)[0]
-		if ev.Reason != event.SystemOOM || !strings.HasPrefix(ev.Message, "system OOM") {
-			t.Fatalf("%+v", ev)
-		}
-	})
-	t.Run("rate-limited summary: a kill line alone, no counter", func(t *testing.T) {
-		r, out := newTest(t, Config{Scope: memRoot + "/somewhere/else"})
-		bare := k
-		bare.TaskMemcg, bare.OOMMemcg = "", ""
-		r.Kernel(bare)
-		waitN(t, out, 0)
-	})
-	t.Run("memcg kill outside the guarded sub-tree", func(t *testing.T) {
-		r, out := newTest(t, Config{Scope: memRoot + "/somewhere/else"})
-		r.Kernel(k)
-		waitN(t, out, 0)
-	})
-}
-
-// The guard's own actions pass straight through.
-func TestGuardEventsPassThrough(t *testing.T) {
-	r, out := newTest(t, Config{})
-	r.Send(event.Event{Reason: event.KillProcess, Message: "killed 1(x)"})
-	if ev := waitN(t, out, 1)[0]; ev.Reason != event.KillProcess || ev.Message != "killed 1(x)" {
-		t.Fatalf("%+v", ev)
+	evs := run(newMatcherTest(Config{Scope: memRoot + k.TaskMemcg}), counted(0, counterKill(k, k.Pid)), logged(window, k))
+	if len(evs) != 2 {
+		t.Fatalf("%d events, want 2 (the counter's alone, then the log's): %+v", len(evs), evs)
 	}
 }
 
-// The seed-003 case: a container's child killed while the container runs on.
-func TestChildOOMClassification(t *testing.T) {
-	const cid = "be62495eb02beef730005b50c8e0e97bc9c8fc5e8afd9796e91e5a39fd28765e"
-	container := memRoot + "/docker/" + cid
+// A source whose match never comes is reported on its own after the window.
+func TestOneSourceAlone(t *testing.T) {
+	k := realKill(t)
+	global := k
+	global.Global, global.Memcg, global.OOMMemcg, global.Reason = true, false, "", "Out of memory"
+	bare := k
+	bare.TaskMemcg, bare.OOMMemcg = "", ""
 	for _, tc := range []struct {
-		name    string
-		cgroup  string
-		pidInNS int
-		left    []int // processes left in the cgroup
-		want    event.Reason
+		name  string
+		scope string
+		step  step
+		want  event.Reason // "": no event
+		pid   int
 	}{
-		{"child killed, container runs on", container, 17, []int{100}, event.ChildOOM},
-		{"init killed: the container exits", container, 1, []int{100}, event.CgroupOOM},
-		{"child killed, nothing left", container, 17, nil, event.CgroupOOM},
-		{"no container: a plain cgroup", memRoot + "/batch/job1", 17, []int{100}, event.CgroupOOM},
-		{"victim's namespace pid unknown, no runtime", container, 0, []int{100}, event.CgroupOOM},
+		{"counters only (kernel log lost)", "", counted(0, counterKill(k, 4242)), event.CgroupOOM, 4242},
+		{"kernel log only (a cgroup the guard does not count)", "", logged(0, k), event.CgroupOOM, k.Pid},
+		{"system OOM", memRoot + "/somewhere/else", logged(0, global), event.SystemOOM, k.Pid},
+		{"rate-limited summary: a kill line alone, no counter", memRoot + "/somewhere/else", logged(0, bare), "", 0},
+		{"memcg kill outside the guarded sub-tree", memRoot + "/somewhere/else", logged(0, k), "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, out := newTest(t, Config{Procs: func(cg string) ([]int, error) {
-				if cg != tc.cgroup {
-					t.Errorf("asked for the processes of %s, want %s", cg, tc.cgroup)
+			m := newMatcherTest(Config{Scope: tc.scope})
+			if evs := run(m, tc.step); tc.want == "" {
+				if len(evs) != 0 {
+					t.Fatalf("want no event, got %+v", evs)
 				}
-				return tc.left, nil
-			}})
-			r.Send(event.Event{Reason: event.CgroupOOM, ProcCgroup: tc.cgroup, OOMCgroup: tc.cgroup,
-				Processes: []event.Process{{Pid: 7936, Comm: "dd", PidInNS: tc.pidInNS}}, Killed: "7936(dd) "})
-			ev := waitN(t, out, 1)[0]
-			if ev.Reason != tc.want {
-				t.Fatalf("reason %s, want %s", ev.Reason, tc.want)
-			}
-			if strings.Contains(tc.cgroup, "/docker/") && (ev.ContainerID != cid || ev.Runtime != "docker") {
-				t.Fatalf("identity %+v", ev.Identity)
+			} else if len(evs) != 1 || evs[0].Reason != tc.want || evs[0].Processes[0].Pid != tc.pid {
+				t.Fatalf("want one %s of pid %d, got %+v", tc.want, tc.pid, evs)
 			}
 		})
 	}
 }
 
-// A full queue drops and counts; Send never blocks.
-func TestSendNeverBlocks(t *testing.T) {
-	block := make(chan struct{})
-	r := New(Config{MemRoot: memRoot, QueueSize: 2, Window: time.Hour}, stuckSink(block))
-	defer func() { close(block); r.Stop() }()
-	start := time.Now()
-	for i := 0; i < 1000; i++ {
-		r.Send(event.Event{Reason: event.KillProcess})
+// Nothing waits longer than the window: at window-1 it still waits, at
+// the window it is out.
+func TestWindowIsExact(t *testing.T) {
+	k := realKill(t)
+	m := newMatcherTest(Config{})
+	if out := m.counted(counterKill(k, 4242), t0); len(out) != 0 {
+		t.Fatal(out)
 	}
-	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Fatalf("1000 Sends took %v", d)
+	if out := m.expire(t0.Add(window - time.Nanosecond)); len(out) != 0 {
+		t.Fatalf("out before the window ended: %+v", out)
 	}
-	if r.Dropped() == 0 {
-		t.Fatal("nothing dropped with a queue of 2")
+	if out := m.expire(t0.Add(window)); len(out) != 1 {
+		t.Fatalf("%d out at the window's end, want 1", len(out))
 	}
 }
-
-// stuckSink blocks every Send until block is closed: a sink far slower than
-// the kills.
-type stuckSink chan struct{}
-
-func (s stuckSink) Send(event.Event) { <-s }
 
 // A system OOM kill is charged to the victim cgroup's kill counter too,
 // without an OOM of that cgroup, so the guard counts it only at the
@@ -264,31 +205,27 @@ func TestSystemOOMKillCountedAgainLater(t *testing.T) {
 		{"system OOM's victim named, own kill's record lost", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, out := newTest(t, Config{Scope: memRoot + k.TaskMemcg})
-			r.Kernel(global)
-			if ev := waitN(t, out, 1)[0]; ev.Reason != event.SystemOOM {
-				t.Fatalf("%+v", ev)
+			m := newMatcherTest(Config{Scope: memRoot + k.TaskMemcg})
+			if evs := run(m, logged(0, global)); len(evs) != 1 || evs[0].Reason != event.SystemOOM {
+				t.Fatalf("%+v", evs)
 			}
 			// The cgroup's own OOM later: its counter moved by two.
 			extra := 0
 			if tc.globalNamed {
 				extra = global.Pid
 			}
-			r.Send(counterEvent(k, k.Pid))
-			r.Send(counterEvent(k, extra))
+			steps := []step{counted(time.Second, counterKill(k, k.Pid)), counted(time.Second, counterKill(k, extra))}
 			if tc.logged {
-				r.Kernel(k)
+				steps = append(steps, logged(time.Second, k))
 			}
-			evs := waitN(t, out, 2)
-			if ev := evs[1]; ev.Reason != event.CgroupOOM || len(ev.Processes) != 1 || ev.Processes[0].Pid != k.Pid {
-				t.Fatalf("%+v", ev)
+			evs := run(m, steps...)
+			if len(evs) != 1 || evs[0].Reason != event.CgroupOOM || len(evs[0].Processes) != 1 || evs[0].Processes[0].Pid != k.Pid {
+				t.Fatalf("want the cgroup's own kill alone, got %+v", evs)
 			}
 			// Only once: more counter kills there are kills of their own.
-			r.Send(counterEvent(k, 4242))
-			r.Send(counterEvent(k, 0))
-			evs = waitN(t, out, 4)
-			if evs[2].Processes[0].Pid != 4242 || len(evs[3].Processes) != 0 || evs[3].Reason != event.CgroupOOM {
-				t.Fatalf("%+v", evs[2:])
+			evs = run(m, counted(2*time.Second, counterKill(k, 4242)), counted(2*time.Second, counterKill(k, 0)))
+			if len(evs) != 2 || evs[0].Processes[0].Pid != 4242 || len(evs[1].Processes) != 0 || evs[1].Reason != event.CgroupOOM {
+				t.Fatalf("%+v", evs)
 			}
 		})
 	}

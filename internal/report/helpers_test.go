@@ -12,13 +12,15 @@ import (
 
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/reconcile"
 )
 
 // The caller hands these to the guard; a signature drift must not compile.
 var (
-	_ guard.Metrics = (*Metrics)(nil)
-	_ guard.Sink    = (*Webhook)(nil)
-	_ guard.Sink    = Sink(nil)
+	_ guard.Metrics     = (*Metrics)(nil)
+	_ reconcile.Metrics = (*Metrics)(nil)
+	_ reconcile.Sink    = (*Webhook)(nil)
+	_ reconcile.Sink    = Sink(nil)
 )
 
 // seedEvent is seed 000's example event, field for field.

@@ -120,7 +120,7 @@ func (k *KubeEvents) Send(ev event.Event) {
 	ref := k.involvedObject(ev)
 	annotations := map[string]string{KubeEventAnnotation: annotationJSON(ev)}
 	k.handed.Add(1)
-	k.recorder.AnnotatedEventf(ref, annotations, corev1.EventTypeWarning, string(ev.Reason), "%s", kubeMessage(ev, ref.Kind == "Pod"))
+	k.recorder.AnnotatedEventf(ref, annotations, corev1.EventTypeWarning, string(ev.Reason), "%s", truncate(ev.Message, maxKubeMessage))
 }
 
 // takenKey is client-go's spam-filter key (the same fields as its own
@@ -215,126 +215,6 @@ func annotationJSON(ev event.Event) string {
 		return string(b)
 	}
 	return "" // only a timestamp beyond year 9999
-}
-
-// kubeMessage is the Event's message: what happened, to which process and
-// container, usage against the limit, and the policy, in Kubernetes terms.
-// On the Node it also says which pod or cgroup.
-func kubeMessage(ev event.Event, onPod bool) string {
-	victims := victimText(ev)
-	in := containerText(ev)
-	var msg string
-	switch ev.Reason {
-	case event.KillProcess:
-		msg = fmt.Sprintf("oom-guard killed %s%s before the kernel's OOM killer: %s, policy process", victims, in, usageText(ev))
-	case event.KillContainer:
-		msg = fmt.Sprintf("oom-guard killed the container%s (%s) before the kernel's OOM killer: %s, policy container", in, victims, usageText(ev))
-	case event.WouldKill:
-		msg = fmt.Sprintf("oom-guard would have killed %s%s: %s, policy noop (nothing killed)", victims, in, usageText(ev))
-	case event.ChildOOM:
-		msg = fmt.Sprintf("the kernel OOM-killed %s, a child process%s; the container keeps running, so Kubernetes reports nothing: %s", victims, in, limitText(ev))
-	case event.CgroupOOM:
-		msg = fmt.Sprintf("the kernel OOM-killed %s%s: %s", victims, in, limitText(ev))
-	case event.SystemOOM:
-		msg = fmt.Sprintf("system OOM: the kernel killed %s%s", victims, in)
-	default:
-		msg = ev.Message
-		if msg == "" {
-			msg = fmt.Sprintf("%s: %s%s", ev.Reason, victims, in)
-		}
-	}
-	if !onPod {
-		msg += whereText(ev)
-	}
-	return truncate(msg, maxKubeMessage)
-}
-
-// victimText names the processes killed: "dd (pid 1234)", with the memory
-// the kernel saw at death when it said.
-func victimText(ev event.Event) string {
-	switch len(ev.Processes) {
-	case 0:
-		if s := strings.TrimSpace(ev.Killed); s != "" {
-			return s
-		}
-		return "a process"
-	case 1:
-		p := ev.Processes[0]
-		s := fmt.Sprintf("%s (pid %d", p.Comm, p.Pid)
-		if p.AnonRSSKB > 0 {
-			s += fmt.Sprintf(", anon-rss %d MiB", p.AnonRSSKB>>10)
-		}
-		return s + ")"
-	}
-	const shown = 5
-	var names []string
-	for i, p := range ev.Processes {
-		if i == shown {
-			names = append(names, fmt.Sprintf("and %d more", len(ev.Processes)-shown))
-			break
-		}
-		names = append(names, fmt.Sprintf("%s (pid %d)", p.Comm, p.Pid))
-	}
-	return fmt.Sprintf("%d processes: %s", len(ev.Processes), strings.Join(names, ", "))
-}
-
-func containerText(ev event.Event) string {
-	switch {
-	case ev.ContainerName != "":
-		return " in container " + ev.ContainerName
-	case ev.ContainerID != "":
-		return " in container " + shortContainerID(ev.ContainerID)
-	}
-	return ""
-}
-
-func usageText(ev event.Event) string {
-	s := fmt.Sprintf("usage %s over threshold %s", mib(ev.Usage), mib(ev.Threshold))
-	if ev.Limit > 0 {
-		s += " of limit " + mib(ev.Limit)
-	}
-	return s
-}
-
-func limitText(ev event.Event) string {
-	var s string
-	if ev.Limit > 0 {
-		s = "memory limit " + mib(ev.Limit) + " hit"
-	} else {
-		s = "memory limit hit"
-	}
-	if ev.OOMCgroup != "" && ev.OOMCgroup != ev.ProcCgroup {
-		s += " in " + ev.OOMCgroup
-	}
-	return s
-}
-
-// whereText says where the kill was for an Event on the Node: the pod by
-// UID when only the path named it, and the cgroup.
-func whereText(ev event.Event) string {
-	var where []string
-	switch {
-	case ev.PodName != "":
-		where = append(where, "pod "+ev.PodNamespace+"/"+ev.PodName)
-	case ev.PodUID != "":
-		where = append(where, "pod UID "+ev.PodUID)
-	}
-	if ev.ProcCgroup != "" {
-		where = append(where, "cgroup "+ev.ProcCgroup)
-	}
-	if len(where) == 0 {
-		return ""
-	}
-	return " [" + strings.Join(where, ", ") + "]"
-}
-
-func mib(b uint64) string { return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20)) }
-
-func shortContainerID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 // truncate cuts s to at most n bytes on a rune boundary, marking the cut.

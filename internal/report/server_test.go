@@ -71,9 +71,11 @@ func TestServerMetrics(t *testing.T) {
 	m.Crossing()
 	m.Crossing()
 	m.StandDown("reclaimable-cache")
-	m.Action(event.KillContainer, 300*time.Microsecond)
-	m.Action(event.WouldKill, 0) // not measured: kept out of the histogram
-	m.KernelKill(event.CgroupOOM)
+	m.Event(event.Event{Reason: event.KillContainer, Reaction: 300 * time.Microsecond})
+	m.Event(event.Event{Reason: event.WouldKill}) // not measured: kept out of the histogram
+	m.Event(event.Event{Reason: event.CgroupOOM})
+	m.Event(event.Event{Reason: event.ChildOOM, Identity: event.Identity{PodNamespace: "shop", PodName: "web-0", ContainerName: "app"}})
+	m.CountDropped("reconcile", func() uint64 { return 4 })
 	m.webhookEvent(resultSent)
 	m.webhookFailedAttempt()
 
@@ -85,16 +87,21 @@ func TestServerMetrics(t *testing.T) {
 		"oomguard_guarded_cgroups 3",
 		"oomguard_threshold_crossings_total 2",
 		`oomguard_stand_downs_total{reason="reclaimable-cache"} 1`,
-		`oomguard_actions_total{reason="OomGuardKillContainer"} 1`,
-		`oomguard_actions_total{reason="OomGuardWouldKill"} 1`,
-		`oomguard_actions_total{reason="OomGuardKillProcess"} 0`,
+		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillContainer"} 1`,
+		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardWouldKill"} 1`,
+		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillProcess"} 0`,
 		`oomguard_reaction_seconds_bucket{le="0.00025"} 0`,
 		`oomguard_reaction_seconds_bucket{le="0.0005"} 1`,
 		`oomguard_reaction_seconds_bucket{le="0.001"} 1`,
 		"oomguard_reaction_seconds_count 1",
 		"oomguard_reaction_seconds_sum 0.0003",
-		`oomguard_kernel_oom_kills_total{reason="CgroupOOM"} 1`,
-		`oomguard_kernel_oom_kills_total{reason="SystemOOM"} 0`,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="CgroupOOM"} 1`,
+		`oomguard_kernel_oom_kills_total{container="",namespace="",pod="",reason="SystemOOM"} 0`,
+		`oomguard_kernel_oom_kills_total{container="app",namespace="shop",pod="web-0",reason="ContainerChildOOMKilled"} 1`,
+		`oomguard_events_dropped_total{stage="reconcile"} 4`,
+		`oomguard_faults_total{kind="registration"} 0`,
+		"oomguard_unguarded_cgroups 0",
+		"oomguard_workload_series_folded_total 0",
 		`oomguard_webhook_events_total{result="sent"} 1`,
 		`oomguard_webhook_events_total{result="dropped"} 0`,
 		"oomguard_webhook_failed_attempts_total 1",

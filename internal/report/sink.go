@@ -6,7 +6,6 @@ package report
 
 import (
 	"encoding/json"
-	"fmt"
 	"strings"
 
 	"k8s.io/klog/v2"
@@ -56,32 +55,8 @@ func (logSink) Send(ev event.Event) {
 	}
 }
 
-// logLine is the event for a person: the guard's message, or a summary when
-// there is none, then where it happened as far as it is known.
+// logLine is the event's message, after its reason, on one line whatever
+// a process name or path contains.
 func logLine(ev event.Event) string {
-	msg := ev.Message
-	if msg == "" {
-		msg = fmt.Sprintf("cgroup %s: usage %d, threshold %d, killed %q", ev.OOMCgroup, ev.Usage, ev.Threshold, ev.Killed)
-	}
-	var where []string
-	if ev.PodName != "" {
-		where = append(where, "pod "+ev.PodNamespace+"/"+ev.PodName)
-	} else if ev.PodUID != "" {
-		where = append(where, "pod UID "+ev.PodUID)
-	}
-	if ev.ContainerName != "" {
-		where = append(where, "container "+ev.ContainerName)
-	}
-	if id := ev.ContainerID; id != "" {
-		if ev.Runtime != "" {
-			id = ev.Runtime + "://" + id
-		}
-		where = append(where, "id "+id)
-	}
-	line := string(ev.Reason) + ": " + msg
-	if len(where) > 0 {
-		line += " [" + strings.Join(where, ", ") + "]"
-	}
-	// One event, one line, whatever a process name or path contains.
-	return strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(line)
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(string(ev.Reason) + ": " + ev.Message)
 }

@@ -34,14 +34,10 @@ func TestLogLine(t *testing.T) {
 		ev   event.Event
 		want string
 	}{
-		{"message and identity", event.Event{
-			Reason: event.KillContainer, Message: "killed container of 16481(fakeOOM) in /kubepods/x",
+		{"the message, after the reason", event.Event{
+			Reason: event.KillContainer, Message: "oom-guard killed the container in container app (fakeOOM (pid 16481)) [pod shop/web-0, cgroup /k/p]",
 			Identity: event.Identity{Runtime: "containerd", ContainerID: "223d47", ContainerName: "app", PodName: "web-0", PodNamespace: "shop"},
-		}, "OomGuardKillContainer: killed container of 16481(fakeOOM) in /kubepods/x [pod shop/web-0, container app, id containerd://223d47]"},
-		{"no message", event.Event{Reason: event.CgroupOOM, OOMCgroup: "/k/p", Usage: 2, Threshold: 1, Killed: "7(a) "},
-			`CgroupOOM: cgroup /k/p: usage 2, threshold 1, killed "7(a) "`},
-		{"only a pod UID", event.Event{Reason: event.ChildOOM, Message: "m", Identity: event.Identity{PodUID: "u-1", ContainerID: "c"}},
-			"ContainerChildOOMKilled: m [pod UID u-1, id c]"},
+		}, "OomGuardKillContainer: oom-guard killed the container in container app (fakeOOM (pid 16481)) [pod shop/web-0, cgroup /k/p]"},
 		// A process may name itself anything; the log stays one line per event.
 		{"newline in a name", event.Event{Reason: event.KillProcess, Message: "killed 9(evil\nFAKE LINE) "},
 			`OomGuardKillProcess: killed 9(evil\nFAKE LINE) `},

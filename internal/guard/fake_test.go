@@ -1,0 +1,301 @@
+package guard
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/notify"
+)
+
+// A fake kernel behind the loop's ports, for the state machine's table
+// tests: cgroup directories are real (a temporary tree, so that walking
+// and naming are the real code's), their files are values the test sets,
+// and notifications are fds the test fires by calling dispatch. Every
+// behaviour is also shown on the real kernel (guard_test.go, v2_test.go);
+// this serves the edge cases a real kernel cannot be made to produce at
+// the right moment.
+type fakeKernel struct {
+	t    *testing.T
+	root string
+	now  time.Time
+
+	mu       sync.Mutex
+	cgroups  map[string]*fakeCgroup
+	nextFd   int
+	procs    map[int]*fakeProc // by pid
+	killed   []int
+	acted    []event.Action
+	counted  []event.CounterKill
+	polled   map[int]bool
+	killErrs map[int]error // pid -> what its Kill returns
+}
+
+type fakeCgroup struct {
+	limit, usage, reclaimable, oomKills uint64
+	gone                                bool
+}
+
+type fakeProc struct {
+	kill.Candidate
+	alive bool
+}
+
+func newFakeKernel(t *testing.T) *fakeKernel {
+	return &fakeKernel{t: t, root: t.TempDir(), now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC),
+		cgroups: map[string]*fakeCgroup{}, procs: map[int]*fakeProc{}, nextFd: 1000, polled: map[int]bool{}, killErrs: map[int]error{}}
+}
+
+func (k *fakeKernel) kernel() Kernel {
+	return Kernel{
+		Mem: fakeMem{k, &cgroup.FS{Root: k.root}}, Notifier: fakeNotifier{k}, Killer: fakeKiller{k},
+		NewPoller: func() (Poller, error) { return fakePoller{k}, nil }, NewWatcher: func() (DirWatcher, error) { return &fakeWatcher{}, nil },
+		Clock: k,
+	}
+}
+
+func (k *fakeKernel) Now() time.Time { k.mu.Lock(); defer k.mu.Unlock(); return k.now }
+
+func (k *fakeKernel) advance(d time.Duration) time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.now = k.now.Add(d)
+	return k.now
+}
+
+// mkcg makes a cgroup directory with its values.
+func (k *fakeKernel) mkcg(rel string, limit, usage uint64) *fakeCgroup {
+	if err := os.MkdirAll(filepath.Join(k.root, rel), 0o755); err != nil {
+		k.t.Fatal(err)
+	}
+	c := &fakeCgroup{limit: limit, usage: usage}
+	k.mu.Lock()
+	k.cgroups[rel] = c
+	k.mu.Unlock()
+	return c
+}
+
+// set changes a cgroup's values under the lock.
+func (k *fakeKernel) set(f func()) { k.mu.Lock(); f(); k.mu.Unlock() }
+
+// proc puts a process in cgroup rel.
+func (k *fakeKernel) proc(rel string, pid int, rssKB uint64, adj int) {
+	k.set(func() {
+		k.procs[pid] = &fakeProc{alive: true, Candidate: kill.Candidate{Pid: pid, Comm: fmt.Sprint("p", pid), StartTime: uint64(pid),
+			OOMScoreAdj: adj, OOMScore: int(rssKB), Cgroup: rel, Status: kill.Status{RssAnonKB: rssKB}}}
+	})
+}
+
+func (k *fakeKernel) gone(rel string) error {
+	return &os.PathError{Op: "read", Path: filepath.Join(k.root, rel), Err: syscall.ENOENT}
+}
+
+func (k *fakeKernel) cg(rel string) (*fakeCgroup, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, ok := k.cgroups[rel]
+	if !ok || c.gone {
+		return nil, k.gone(rel)
+	}
+	return c, nil
+}
+
+func (k *fakeKernel) fd() int { k.mu.Lock(); defer k.mu.Unlock(); k.nextFd++; return k.nextFd }
+
+// fakeMem is the hierarchy: directories on disk, values in memory.
+type fakeMem struct {
+	k  *fakeKernel
+	fs *cgroup.FS
+}
+
+func (m fakeMem) Version() cgroup.Version { return cgroup.VersionV1 }
+func (m fakeMem) FS() *cgroup.FS          { return m.fs }
+func (m fakeMem) LimitFile() string       { return "memory.limit_in_bytes" }
+func (m fakeMem) Limit(rel string) (uint64, error) {
+	return m.read(rel, func(c *fakeCgroup) uint64 { return c.limit })
+}
+func (m fakeMem) Usage(rel string) (uint64, error) {
+	return m.read(rel, func(c *fakeCgroup) uint64 { return c.usage })
+}
+func (m fakeMem) OOMKills(rel string) (uint64, error) {
+	return m.read(rel, func(c *fakeCgroup) uint64 { return c.oomKills })
+}
+func (m fakeMem) Stat(rel string) (cgroup.Stat, error) {
+	r, err := m.read(rel, func(c *fakeCgroup) uint64 { return c.reclaimable })
+	return cgroup.Stat{Reclaimable: r, Text: fmt.Sprintf("total_inactive_file %d|", r)}, err
+}
+func (m fakeMem) OOMGroup(string) (bool, error)               { return false, nil }
+func (m fakeMem) Reclaim(string, uint64, time.Duration) error { return nil }
+func (m fakeMem) SoftLimit(rel string) (uint64, error)        { return cgroup.Unlimited, nil }
+func (m fakeMem) SetSoftLimit(string, uint64) error           { return nil }
+func (m fakeMem) Handle(rel string) (Files, error)            { return fakeFiles{m, rel}, nil }
+func (m fakeMem) read(rel string, f func(*fakeCgroup) uint64) (uint64, error) {
+	c, err := m.k.cg(rel)
+	if err != nil {
+		return 0, err
+	}
+	m.k.mu.Lock()
+	defer m.k.mu.Unlock()
+	return f(c), nil
+}
+
+type fakeFiles struct {
+	m   fakeMem
+	rel string
+}
+
+func (f fakeFiles) Usage() (uint64, error)     { return f.m.Usage(f.rel) }
+func (f fakeFiles) Limit() (uint64, error)     { return f.m.Limit(f.rel) }
+func (f fakeFiles) Stat() (cgroup.Stat, error) { return f.m.Stat(f.rel) }
+func (f fakeFiles) Close()                     {}
+
+// fakeNotifier's watches are bare fd numbers: nothing is registered; the
+// test fires a watch by dispatching its fd.
+type fakeNotifier struct{ k *fakeKernel }
+
+type fakeWatch struct{ fd int }
+
+func (w fakeWatch) Fd() int      { return w.fd }
+func (w fakeWatch) Drain() error { return nil }
+func (w fakeWatch) Close() error { return nil }
+
+func (n fakeNotifier) Threshold(rel string, _ uint64) (notify.Watch, error) {
+	if _, err := n.k.cg(rel); err != nil {
+		return nil, err
+	}
+	return fakeWatch{n.k.fd()}, nil
+}
+func (n fakeNotifier) OOM(rel string) (notify.Watch, error) { return n.Threshold(rel, 0) }
+func (n fakeNotifier) Sampler() notify.Sampler              { return nil }
+
+type fakePoller struct{ k *fakeKernel }
+
+func (p fakePoller) Add(fd int) error {
+	p.k.set(func() { p.k.polled[fd] = true })
+	return nil
+}
+func (p fakePoller) Remove(fd int) error {
+	p.k.set(func() { delete(p.k.polled, fd) })
+	return nil
+}
+func (p fakePoller) Wait(time.Duration) ([]int, bool, error) { return nil, false, nil }
+func (p fakePoller) Wake()                                   {}
+func (p fakePoller) Close() error                            { return nil }
+
+type fakeWatcher struct{}
+
+func (*fakeWatcher) Fd() int                                 { return 1 }
+func (*fakeWatcher) Add(string) error                        { return nil }
+func (*fakeWatcher) Remove(string)                           {}
+func (*fakeWatcher) Read() ([]notify.DirChange, bool, error) { return nil, false, nil }
+func (*fakeWatcher) Close() error                            { return nil }
+
+type fakeKiller struct{ k *fakeKernel }
+
+func (f fakeKiller) Candidates(rel string, _ uint64) ([]kill.Candidate, error) {
+	if _, err := f.k.cg(rel); err != nil {
+		return nil, err
+	}
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	var out []kill.Candidate
+	for _, p := range f.k.procs {
+		if p.alive && (p.Cgroup == rel || isUnder(p.Cgroup, rel)) {
+			out = append(out, p.Candidate)
+		}
+	}
+	return out, nil
+}
+
+func (f fakeKiller) Open(c kill.Candidate) (Victim, error) { return &fakeVictim{f.k, c}, nil }
+func (f fakeKiller) KillContainer(string) ([]kill.Candidate, time.Time, error) {
+	return nil, time.Time{}, kill.ErrNoVictim
+}
+func (f fakeKiller) KillGroup(rel string) ([]kill.Candidate, time.Time, error) {
+	return f.KillContainer(rel)
+}
+func (f fakeKiller) Alive(c kill.Candidate) bool {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	p, ok := f.k.procs[c.Pid]
+	return ok && p.alive
+}
+
+// FateOf: the fake's processes die only by a kill.
+func (f fakeKiller) FateOf(c kill.Candidate) kill.Fate {
+	if f.Alive(c) {
+		return kill.Running
+	}
+	return kill.Killed
+}
+
+type fakeVictim struct {
+	k *fakeKernel
+	c kill.Candidate
+}
+
+func (v *fakeVictim) Inspected() kill.Candidate { return v.c }
+func (v *fakeVictim) Close()                    {}
+func (v *fakeVictim) Kill() (time.Time, error) {
+	k := v.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.killErrs[v.c.Pid]; err != nil {
+		return time.Time{}, err
+	}
+	p, ok := k.procs[v.c.Pid]
+	if !ok || !p.alive {
+		return time.Time{}, kill.ErrGone
+	}
+	p.alive = false
+	k.killed = append(k.killed, v.c.Pid)
+	return k.now, nil
+}
+
+// fakeReporter is the stage: it keeps the facts.
+func (k *fakeKernel) Acted(a event.Action)        { k.set(func() { k.acted = append(k.acted, a) }) }
+func (k *fakeKernel) Counted(c event.CounterKill) { k.set(func() { k.counted = append(k.counted, c) }) }
+
+// newFakeGuard is a guard on a fake kernel, set up as Run would be, its
+// loop driven by the test (dispatch, runTimers).
+func newFakeGuard(t *testing.T, cfg Config) (*Guard, *fakeKernel) {
+	t.Helper()
+	k := newFakeKernel(t)
+	cfg.RealtimePriority = 0
+	g, err := NewOn(cfg, k.kernel(), k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.poller, _ = k.kernel().NewPoller()
+	g.inotify, _ = k.kernel().NewWatcher()
+	g.nextReset = k.now.Add(time.Hour)
+	t.Cleanup(func() { g.stopRegistrations(); g.releaseAll() })
+	return g, k
+}
+
+// guardNew adds cgroup rel as a walk would find it and installs its
+// registration, which the real guard makes off the loop.
+func (k *fakeKernel) guardNew(g *Guard, rel string, limit, usage uint64) *cg {
+	k.t.Helper()
+	k.mkcg(rel, limit, usage)
+	g.add(rel)
+	select {
+	case r := <-g.registered:
+		g.install(r)
+	case <-time.After(5 * time.Second):
+		k.t.Fatal("no registration")
+	}
+	c := g.known[rel]
+	if c == nil || !c.guarded() {
+		k.t.Fatalf("cgroup %s not guarded", rel)
+	}
+	g.runTimers(k.now) // the look every new guard takes
+	return c
+}

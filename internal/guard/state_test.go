@@ -1,0 +1,206 @@
+package guard
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/kill"
+)
+
+const (
+	mib      = 1 << 20
+	fLimit   = 100 * mib // threshold 98 MiB, early threshold 93 MiB
+	fAbove   = 99 * mib
+	fBelow   = 50 * mib
+	bigPid   = 101
+	smallPid = 102
+)
+
+// The decision loop's edge cases, on a fake kernel: a crossing is
+// dispatched as the kernel's notification would be, timers run when the
+// test moves the clock, and what the loop did is read off the fake.
+func TestStateMachine(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		policy Policy
+		// early crosses the early threshold first, where the kill is
+		// prepared; setup runs before the crossing; then the crossing;
+		// then after.
+		early bool
+		setup func(k *fakeKernel, c *cg)
+		after func(t *testing.T, g *Guard, k *fakeKernel, c *cg)
+		// the victims the guard killed, in order, and the actions it reported
+		killed  []int
+		reasons []event.Reason
+	}{
+		{name: "kills the top scorer", killed: []int{bigPid}, reasons: []event.Reason{event.KillProcess}},
+		{name: "kills the victim prepared at the early threshold", early: true,
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				if c.prep != nil {
+					t.Error("the preparation outlived its kill")
+				}
+			},
+			killed: []int{bigPid}, reasons: []event.Reason{event.KillProcess}},
+		{name: "never an exempt process",
+			setup:  func(k *fakeKernel, c *cg) { k.procs[bigPid].OOMScoreAdj = kill.OOMScoreAdjMin },
+			killed: []int{smallPid}, reasons: []event.Reason{event.KillProcess}},
+		{name: "below the threshold: nothing",
+			setup: func(k *fakeKernel, c *cg) { k.cgroups[c.rel].usage = fBelow }},
+		{name: "limit raised between notification and look: re-armed, nothing killed",
+			setup: func(k *fakeKernel, c *cg) { k.cgroups[c.rel].limit = 2 * fLimit },
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				if !c.registering {
+					t.Error("no new registration for the raised limit")
+				}
+			}},
+		{name: "cgroup gone at the look: forgotten",
+			setup: func(k *fakeKernel, c *cg) { k.cgroups[c.rel].gone = true },
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				if g.known[c.rel] != nil || c.guarded() {
+					t.Error("a removed cgroup is still known")
+				}
+			}},
+		{name: "victim exited before the signal: the next is killed at the recheck",
+			setup: func(k *fakeKernel, c *cg) { k.killErrs[bigPid] = kill.ErrGone },
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				k.set(func() { delete(k.killErrs, bigPid); k.procs[bigPid].alive = false })
+				g.runTimers(k.advance(g.cfg.RecheckInterval))
+			},
+			killed: []int{smallPid}, reasons: []event.Reason{event.KillProcess}},
+		{name: "kill refused: nothing reported, looked at again",
+			setup: func(k *fakeKernel, c *cg) { k.killErrs[bigPid] = unix.EPERM; k.killErrs[smallPid] = unix.EPERM },
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				if want := k.now.Add(g.cfg.RecheckInterval); !c.recheckAt.Equal(want) {
+					t.Errorf("recheck at %v, want %v", c.recheckAt, want)
+				}
+			}},
+		{name: "much page cache: stands down and asks for reclaim",
+			setup: func(k *fakeKernel, c *cg) { k.cgroups[c.rel].reclaimable = 20 * mib },
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				select {
+				case rel := <-g.reclaims:
+					if rel != c.rel {
+						t.Errorf("reclaim asked of %s", rel)
+					}
+				default:
+					t.Error("no reclaim asked for")
+				}
+				if c.recheckAt.IsZero() {
+					t.Error("no recheck while standing down")
+				}
+			}},
+		{name: "one spike, one kill: a second crossing while cooling kills nothing, after the cooldown it does",
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				g.dispatch(c.thw.Fd(), k.advance(time.Millisecond))
+				if n := len(k.killed); n != 1 {
+					t.Fatalf("%d kills while cooling, want 1", n)
+				}
+				g.runTimers(k.advance(g.cfg.GuardInterval))
+			},
+			killed: []int{bigPid, smallPid}, reasons: []event.Reason{event.KillProcess, event.KillProcess}},
+		{name: "noop: reported once per episode", policy: PolicyNoop,
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				g.runTimers(k.advance(g.cfg.GuardInterval)) // still above: same episode
+				k.set(func() { k.cgroups[c.rel].usage = fBelow })
+				g.dispatch(c.thw.Fd(), k.advance(time.Millisecond))
+				k.set(func() { k.cgroups[c.rel].usage = fAbove })
+				g.dispatch(c.thw.Fd(), k.advance(time.Millisecond)) // a new episode
+			},
+			reasons: []event.Reason{event.WouldKill, event.WouldKill}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Policy = PolicyProcess
+			if tc.policy != "" {
+				cfg.Policy = tc.policy
+			}
+			g, k := newFakeGuard(t, cfg)
+			c := k.guardNew(g, "/pod", fLimit, fBelow)
+			k.proc("/pod", bigPid, 60<<10, 0)
+			k.proc("/pod", smallPid, 20<<10, 0)
+			if tc.early {
+				k.set(func() { k.cgroups["/pod"].usage = 95 * mib })
+				g.dispatch(c.earlyw.Fd(), k.advance(time.Millisecond))
+				if c.prep == nil || c.prep.target.Inspected().Pid != bigPid {
+					t.Fatalf("nothing prepared at the early threshold: %+v", c.prep)
+				}
+			}
+			k.set(func() {
+				k.cgroups["/pod"].usage = fAbove
+				if tc.setup != nil {
+					tc.setup(k, c)
+				}
+			})
+			g.dispatch(c.thw.Fd(), k.advance(time.Millisecond))
+			if tc.after != nil {
+				tc.after(t, g, k, c)
+			}
+			if !equal(k.killed, tc.killed) {
+				t.Errorf("killed %v, want %v", k.killed, tc.killed)
+			}
+			var reasons []event.Reason
+			for _, a := range k.acted {
+				reasons = append(reasons, a.Reason)
+			}
+			if !equal(reasons, tc.reasons) {
+				t.Errorf("reported %v, want %v", reasons, tc.reasons)
+			}
+			for _, a := range k.acted {
+				if a.OOMCgroup != g.absPath("/pod") || a.Usage < a.Threshold || a.Limit != fLimit || len(a.Killed) != 1 {
+					t.Errorf("action %+v", a)
+				}
+			}
+		})
+	}
+}
+
+// The kernel's own kills are counted once each, named by the process seen
+// before and gone after; an OOM notification that killed nothing reports
+// nothing.
+func TestKernelKillCounting(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		kill   bool // the kernel killed the big one
+		victim int  // want named; 0: no fact at all
+	}{
+		{"a kill, its victim named", true, bigPid},
+		{"an OOM that killed nothing", false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Policy = PolicyNoop
+			g, k := newFakeGuard(t, cfg)
+			c := k.guardNew(g, "/pod", fLimit, fBelow)
+			k.proc("/pod", bigPid, 60<<10, 0)
+			k.proc("/pod", smallPid, 20<<10, 0)
+			g.dispatch(c.oomw.Fd(), k.now)
+			if tc.kill {
+				k.set(func() { k.procs[bigPid].alive = false; k.cgroups["/pod"].oomKills = 1 })
+			}
+			for _, d := range oomCheckDelays {
+				g.runTimers(k.now.Add(d))
+			}
+			switch {
+			case tc.victim == 0 && len(k.counted) != 0:
+				t.Fatalf("facts %+v for an OOM that killed nothing", k.counted)
+			case tc.victim != 0 && (len(k.counted) != 1 || k.counted[0].Victim == nil || k.counted[0].Victim.Pid != tc.victim):
+				t.Fatalf("facts %+v, want one naming pid %d", k.counted, tc.victim)
+			}
+		})
+	}
+}
+
+func equal[T comparable](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,203 @@
+package reconcile
+
+import (
+	"slices"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/kmsg"
+)
+
+// matcher makes one event of each kernel kill that the cgroup counters and
+// the kernel log both saw. The counters never miss a kill but tell little;
+// the kernel log names the victim and its memory at death but is
+// rate-limited and can overrun. So a kill from either source waits a short
+// window for the other: matched, it is one event with the richest details
+// of both; unmatched, it is reported with what its own source gave. It does
+// no I/O and reads no clock: every call says when it is.
+type matcher struct {
+	cfg           Config
+	waitingEvents []waiting // counter kills
+	waitingKills  []waiting // kernel-log kills
+	// globalKills holds, per victim cgroup (absolute path), the pids of
+	// the system OOM kills the kernel log reported there. The kernel
+	// charges such a kill to the victim cgroup's oom_kill counter as well,
+	// without an OOM of that cgroup, so the guard counts it only at the
+	// cgroup's next own OOM: one kill too many, which no kernel-log record
+	// matches.
+	globalKills map[string][]int
+}
+
+// maxGlobalKillCgroups bounds globalKills: past it, a system OOM kill in a
+// further cgroup may be reported once more, as a CgroupOOM, when that
+// cgroup next runs out of memory itself.
+const maxGlobalKillCgroups = 4096
+
+type waiting struct {
+	ev    event.Event // a counter kill
+	kill  kmsg.Kill   // a kernel-log kill
+	until time.Time
+}
+
+func newMatcher(cfg Config) *matcher {
+	return &matcher{cfg: cfg, globalKills: map[string][]int{}}
+}
+
+// counted takes a counter kill: out at once if the kernel log told of it
+// already, else it waits.
+func (m *matcher) counted(ev event.Event, now time.Time) []event.Event {
+	for i, w := range m.waitingKills {
+		if m.matches(&ev, &w.kill) {
+			m.waitingKills = slices.Delete(m.waitingKills, i, i+1)
+			return []event.Event{m.merge(ev, w.kill)}
+		}
+	}
+	m.waitingEvents = append(m.waitingEvents, waiting{ev: ev, until: now.Add(m.cfg.Window)})
+	return nil
+}
+
+// kernel takes a kernel-log kill: out at once if a counter told of it
+// already, else it waits. A kill of a memory cgroup outside the scope is
+// someone else's.
+func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
+	// A kill line whose summary the kernel rate-limited names no cgroup:
+	// it may still match a counter event by pid, so it waits like any.
+	if !k.Global && k.TaskMemcg != "" && !inScope(m.cfg.Scope, m.abs(k.TaskMemcg)) {
+		klog.V(3).Infof("kernel log: OOM kill of pid %d in %s, outside %s: not ours", k.Pid, k.TaskMemcg, m.cfg.Scope)
+		return nil
+	}
+	for i, w := range m.waitingEvents {
+		if m.matches(&w.ev, &k) {
+			m.waitingEvents = slices.Delete(m.waitingEvents, i, i+1)
+			return []event.Event{m.merge(w.ev, k)}
+		}
+	}
+	m.waitingKills = append(m.waitingKills, waiting{kill: k, until: now.Add(m.cfg.Window)})
+	return nil
+}
+
+// expire gives out, with what their own source gave, the kills whose match
+// did not come in time.
+func (m *matcher) expire(now time.Time) []event.Event {
+	var out []event.Event
+	keep := m.waitingEvents[:0]
+	for _, w := range m.waitingEvents {
+		switch {
+		case now.Before(w.until):
+			keep = append(keep, w)
+		case !m.countedGlobalKill(&w.ev):
+			out = append(out, w.ev)
+		}
+	}
+	m.waitingEvents = keep
+	keepK := m.waitingKills[:0]
+	for _, w := range m.waitingKills {
+		if now.Before(w.until) {
+			keepK = append(keepK, w)
+			continue
+		}
+		if k := w.kill; !k.Global && k.TaskMemcg == "" {
+			// No cgroup, no counter moved for it: a memcg kill outside
+			// the guarded sub-tree, or one the log cannot place.
+			klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in an unnamed cgroup, matched by no counter: not reported", k.Pid, k.Comm)
+			continue
+		}
+		m.noteGlobalKill(&w.kill)
+		out = append(out, m.fromKernel(w.kill, now))
+	}
+	m.waitingKills = keepK
+	return out
+}
+
+// noteGlobalKill remembers a system OOM kill in a guarded cgroup, which that
+// cgroup's kill counter will report again (globalKills).
+func (m *matcher) noteGlobalKill(k *kmsg.Kill) {
+	if !k.Global || k.TaskMemcg == "" {
+		return
+	}
+	cg := m.abs(k.TaskMemcg)
+	if !inScope(m.cfg.Scope, cg) {
+		return
+	}
+	if _, ok := m.globalKills[cg]; !ok && len(m.globalKills) >= maxGlobalKillCgroups {
+		klog.Warningf("system OOM kill of pid %d in %s: already %d cgroups with such kills pending; its cgroup counter may report it again", k.Pid, cg, len(m.globalKills))
+		return
+	}
+	m.globalKills[cg] = append(m.globalKills[cg], k.Pid)
+}
+
+// countedGlobalKill tells whether a counter kill that no kernel-log record
+// matched is a system OOM kill reported before (globalKills), and forgets
+// that kill. One naming another process is a kill of its own; one naming
+// no process is taken for the oldest such kill.
+func (m *matcher) countedGlobalKill(ev *event.Event) bool {
+	pids := m.globalKills[ev.ProcCgroup]
+	i := -1
+	switch {
+	case len(pids) == 0:
+	case len(ev.Processes) == 0 || ev.Processes[0].Pid <= 0:
+		i = 0
+	default:
+		i = slices.Index(pids, ev.Processes[0].Pid)
+	}
+	if i < 0 {
+		return false
+	}
+	klog.V(2).Infof("cgroup %s: a kill its counter reported matches no kernel-log record: the system OOM kill of pid %d reported there before, counted by the cgroup too; not reported again", ev.ProcCgroup, pids[i])
+	if pids = slices.Delete(pids, i, i+1); len(pids) == 0 {
+		delete(m.globalKills, ev.ProcCgroup)
+	} else {
+		m.globalKills[ev.ProcCgroup] = pids
+	}
+	return true
+}
+
+func (m *matcher) abs(kernelPath string) string { return absPath(m.cfg.MemRoot, kernelPath) }
+
+// matches tells whether a counter kill and a kernel-log kill are the same
+// kill: the same victim pid where the counters named one, else the same
+// victim cgroup.
+func (m *matcher) matches(ev *event.Event, k *kmsg.Kill) bool {
+	if len(ev.Processes) > 0 && ev.Processes[0].Pid > 0 {
+		return ev.Processes[0].Pid == k.Pid
+	}
+	return k.TaskMemcg != "" && m.abs(k.TaskMemcg) == ev.ProcCgroup
+}
+
+// merge completes a counter kill with the kernel's own account: the
+// victim's memory at death, and which limit was hit (often the pod's,
+// while the counter moved in the container's cgroup).
+func (m *matcher) merge(ev event.Event, k kmsg.Kill) event.Event {
+	p := event.Process{Cgroup: ev.ProcCgroup}
+	if len(ev.Processes) > 0 {
+		p = ev.Processes[0]
+	}
+	p.Pid, p.Comm = k.Pid, k.Comm
+	p.AnonRSSKB, p.FileRSSKB, p.ShmemRSSKB, p.TotalVMKB = k.AnonRSSKB, k.FileRSSKB, k.ShmemRSSKB, k.TotalVMKB
+	ev.Processes = []event.Process{p}
+	ev.Killed = event.KilledField(ev.Processes)
+	if k.OOMMemcg != "" {
+		ev.OOMCgroup = m.abs(k.OOMMemcg)
+	}
+	return ev
+}
+
+// fromKernel is the event of a kernel-log kill the counters did not see: a
+// system-wide OOM, or a cgroup the guard does not watch.
+func (m *matcher) fromKernel(k kmsg.Kill, now time.Time) event.Event {
+	ev := event.Event{
+		Timestamp: now, Policy: "Kernel", Reason: event.CgroupOOM,
+		OOMCgroup: m.abs(k.OOMMemcg), ProcCgroup: m.abs(k.TaskMemcg),
+		Processes: []event.Process{{
+			Pid: k.Pid, Comm: k.Comm, Cgroup: m.abs(k.TaskMemcg),
+			AnonRSSKB: k.AnonRSSKB, FileRSSKB: k.FileRSSKB, ShmemRSSKB: k.ShmemRSSKB, TotalVMKB: k.TotalVMKB,
+		}},
+	}
+	ev.Killed = event.KilledField(ev.Processes)
+	if k.Global {
+		ev.Reason = event.SystemOOM
+	}
+	return ev
+}
