@@ -28,7 +28,8 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) Victim {
 		g.warnUnlessGone(c, "list processes", err)
 		return nil
 	}
-	if kill.AnyDying(cands, g.self) {
+	cands, wait := g.awaitDying(c, cands)
+	if wait {
 		klog.V(3).Infof("cgroup %s: above its threshold, a process already dying: waiting for its memory", c.rel)
 		return nil
 	}
@@ -138,6 +139,37 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		c.killingRest.Store(false)
 		g.tell(a, killed)
 	}()
+}
+
+// dyingWait bounds how long the guard waits for a process dying of
+// SIGKILL to give its memory back before it chooses among the others: a
+// victim stuck in the kernel (uninterruptible, as on the 3.10 kernels the
+// guard exists for) must not keep its cgroup waiting as the kernel's own
+// OOM killer would.
+const dyingWait = time.Second
+
+// awaitDying says whether to wait, rather than choose a victim, because a
+// process of cands is dying of SIGKILL (kill.AnyDying), for at most
+// dyingWait in one episode; past that, it returns cands without the dying.
+func (g *Guard) awaitDying(c *cg, cands []kill.Candidate) ([]kill.Candidate, bool) {
+	if !kill.AnyDying(cands, g.self) {
+		c.dyingSince = time.Time{}
+		return cands, false
+	}
+	now := g.clock.Now()
+	if c.dyingSince.IsZero() {
+		c.dyingSince = now
+	}
+	if now.Sub(c.dyingSince) < dyingWait {
+		return cands, true
+	}
+	var alive []kill.Candidate
+	for _, k := range cands {
+		if !k.Dying {
+			alive = append(alive, k)
+		}
+	}
+	return alive, false
 }
 
 // permanentKillFailure logs a kill that failed for a reason that will not

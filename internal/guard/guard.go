@@ -39,6 +39,9 @@ type cg struct {
 	// killFailShown: a kill that cannot succeed (ENOSYS, EPERM) was
 	// logged at error level in this episode.
 	killFailShown bool
+	// dyingSince: since when a process dying of SIGKILL has held the
+	// guard back from choosing another victim (awaitDying); zero: none.
+	dyingSince time.Time
 
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool

@@ -61,8 +61,12 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		c.seen = nil // a fresh look: forget processes seen in an earlier episode
 	}
 	c.remember(cands)
+	cands, wait := g.awaitDying(c, cands)
+	if wait {
+		return
+	}
 	best, ok := kill.Choose(cands, g.self)
-	if !ok || kill.AnyDying(cands, g.self) {
+	if !ok {
 		return
 	}
 	target, err := g.killer.Open(best)
