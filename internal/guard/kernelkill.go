@@ -95,6 +95,9 @@ func (g *Guard) countKernelKills(c *cg) {
 			}
 			if i < uint64(len(victims)) {
 				k.Victim = &processes(g, victims[i:i+1])[0]
+				// Named once: a later kill must not name it again.
+				delete(c.seen, victims[i].Pid)
+				g.own.note(victims[i], nil)
 			}
 			g.reporter.Counted(k)
 		}
@@ -206,7 +209,8 @@ func (o *ownKills) killed(k kill.Candidate) bool {
 func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
 	var gone []kill.Candidate
 	for _, k := range c.seen {
-		if k.Cgroup == rel && !g.killer.Alive(k) {
+		// Not the guard's own kills, nor a victim already named.
+		if k.Cgroup == rel && !g.own.killed(k) && !g.killer.Alive(k) {
 			gone = append(gone, k)
 		}
 	}
