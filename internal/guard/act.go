@@ -21,24 +21,40 @@ func processes(g *Guard, killed []kill.Candidate) []event.Process {
 }
 
 // chooseVictim scores rel's processes and holds the one the kernel would
-// kill by pidfd; nil if none may be killed.
-func (g *Guard) chooseVictim(c *cg, limit uint64) *kill.Target {
+// kill by pidfd; nil if none may be killed, and why. A dying process is
+// never chosen; while one outscores every other, none is: the kernel's OOM
+// killer, too, waits for a dying victim's memory rather than kill another
+// (task_will_free_mem).
+func (g *Guard) chooseVictim(c *cg, limit uint64) (*kill.Target, string) {
 	cands, err := g.killer.Candidates(c.rel, limit)
 	if err != nil && len(cands) == 0 {
 		g.warnUnlessGone(c, "list processes", err)
-		return nil
+		return nil, "its processes could not be listed"
 	}
-	best, ok := kill.Choose(cands, g.self)
-	if !ok {
-		klog.Warningf("cgroup %s: above its threshold %s, but no process may be killed", c.rel, bytesMiB(c.threshold))
-		return nil
+	best, why := g.pick(cands)
+	if why != "" {
+		return nil, why
 	}
 	victim, err := g.killer.Open(best)
 	if err != nil {
 		klog.V(2).Infof("cgroup %s: victim pid %d (%s): %v", c.rel, best.Pid, best.Comm, err)
-		return nil
+		return nil, "its victim exited before it could be held"
 	}
-	return victim
+	return victim, ""
+}
+
+// pick is the victim among cands, or why there is none.
+func (g *Guard) pick(cands []kill.Candidate) (kill.Candidate, string) {
+	best, ok := kill.Choose(cands, g.self)
+	for _, d := range cands {
+		if d.Dying && kill.Eligible(d, g.self) && (!ok || d.OOMScore > best.OOMScore) {
+			return kill.Candidate{}, "its largest process is dying"
+		}
+	}
+	if !ok {
+		return kill.Candidate{}, "no process may be killed"
+	}
+	return best, ""
 }
 
 // act applies the policy to the chosen victim (the process the kernel
@@ -91,8 +107,14 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 			rest = g.killRest(c.rel, victim.Candidate, target, g.killer.KillContainer)
 		}
 	}
-	c.lastAction = time.Now()
-	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+	if err == nil && !sent.IsZero() {
+		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, victim.Pid, victim.Comm, victim.OOMScore, bytesMiB(usage))
+		g.coolDown(c, victim.Candidate)
+		delete(c.seen, victim.Pid) // not the kernel's victim, whatever its count says next
+	} else {
+		c.lastAction = time.Now()
+		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+	}
 	if err != nil {
 		klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, victim.Pid, victim.Comm, err)
 		c.recheckAt = time.Now().Add(g.cfg.RecheckInterval)

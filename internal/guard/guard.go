@@ -33,6 +33,15 @@ type cg struct {
 
 	recheckAt  time.Time // zero: no recheck pending
 	lastAction time.Time
+	// victim is the process the guard last killed here, while the cgroup
+	// cools down (cooldown.go): the cooldown ends once it has exited
+	// (victimFd, its pidfd in the epoll set, turns readable; without one,
+	// Exited is asked at each look) or usage is below the threshold, and
+	// after GuardInterval at the latest.
+	victim      kill.Candidate
+	victimFd    int
+	victimWatch bool // victimFd is open and in the epoll set
+	stuck       int  // looks in a row with nothing to kill (back-off; look.go)
 	episode    bool // above the threshold since the last time it was below
 	reclaimed  bool // reclaim already requested in this episode
 	noopShown  bool // the noop policy already reported this episode
@@ -82,6 +91,7 @@ type Guard struct {
 	killers        sync.WaitGroup // container kills off the loop (act.go)
 	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
 	inotifyFailing bool           // the last inotify reset was refused
+	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
 	inFlight       int            // registrations started, not yet installed
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
@@ -220,6 +230,8 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 		return
 	}
 	switch {
+	case c.victimWatch && fd == c.victimFd:
+		g.victimExited(c, notified)
 	case c.thw != nil && fd == c.thw.Fd():
 		_ = c.thw.Drain()
 		g.metrics.Crossing()

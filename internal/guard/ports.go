@@ -36,6 +36,15 @@ type Killer interface {
 	KillGroup(rel string) ([]kill.Candidate, time.Time, error)
 	// Alive tells whether a process seen earlier still runs.
 	Alive(c kill.Candidate) bool
+	// Exited tells whether a process has exited (gone, PID reused, or a
+	// zombie): its memory is freed.
+	Exited(c kill.Candidate) bool
+	// ExitFd opens an fd (a pidfd) that turns readable when c exits;
+	// kill.ErrGone if it has. The caller closes it.
+	ExitFd(c kill.Candidate) (int, error)
+	// Recheck says where a chosen victim is now, and whether it still
+	// runs: asked at the moment of the kill.
+	Recheck(c kill.Candidate) (kill.Now, error)
 }
 
 // Reporter takes the loop's facts, of which one stage (package reconcile)

@@ -61,8 +61,8 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		c.seen = nil // a fresh look: forget processes seen in an earlier episode
 	}
 	c.remember(cands)
-	best, ok := kill.Choose(cands, g.self)
-	if !ok {
+	best, why := g.pick(cands)
+	if why != "" {
 		return
 	}
 	target, err := g.killer.Open(best)

@@ -267,6 +267,7 @@ func (g *Guard) unguard(c *cg) {
 	g.closeWatch(c.earlyw)
 	g.closeWatch(c.oomw)
 	g.dropPrep(c)
+	g.endCooldown(c)
 	c.files.Close()
 	c.thw, c.earlyw, c.oomw, c.files = nil, nil, nil, nil
 	c.recheckAt, c.oomCheckAt, c.seen = time.Time{}, time.Time{}, nil

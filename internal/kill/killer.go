@@ -27,6 +27,10 @@ func (k Killer) Open(c Candidate) (*Target, error) { return k.Proc.Open(c) }
 
 func (k Killer) Alive(c Candidate) bool { return k.Proc.Alive(c) }
 
+func (k Killer) Exited(c Candidate) bool { return k.Proc.Exited(c) }
+
+func (k Killer) ExitFd(c Candidate) (int, error) { return k.Proc.ExitFd(c) }
+
 // KillContainer kills every process of rel. The time is when the first
 // signal was sent.
 func (k Killer) KillContainer(rel string) ([]Candidate, time.Time, error) {

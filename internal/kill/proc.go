@@ -33,6 +33,9 @@ type Candidate struct {
 	OOMScore int
 	Status   Status
 	Cgroup   string // the cgroup (relative path) the process was found in
+	// Dying: SIGKILL pending, exiting or a zombie when inspected. It is
+	// never chosen (Choose): its memory is on its way back already.
+	Dying bool
 }
 
 // Process is c as an event names it; cgroup is the absolute path of c's
@@ -111,6 +114,7 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	if c.Comm, c.StartTime, err = ParseStat(data); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "stat"), err)
 	}
+	c.Dying = statDying(data)
 	if data, err = p.read(pid, "oom_score_adj", buf[:]); err != nil {
 		return c, err
 	}
@@ -123,6 +127,7 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	if c.Status, err = ParseStatus(bytes.NewReader(data)); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "status"), err)
 	}
+	c.Dying = c.Dying || killPending(data)
 	c.OOMScore = Score(c.Status, c.OOMScoreAdj, limitKB)
 	return c, nil
 }
