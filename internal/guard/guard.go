@@ -1,10 +1,12 @@
 package guard
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -192,8 +194,8 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		if err != nil {
 			return err
 		}
-		for _, fd := range ready {
-			g.dispatch(fd, notified)
+		if g.serve(ready, notified) {
+			woken = true
 		}
 		if woken {
 			select {
@@ -211,6 +213,80 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		}
 		g.runTimers(time.Now())
 	}
+}
+
+// serve dispatches one epoll batch, the most urgent first. Under a storm
+// (many cgroups crossing at once) every ready threshold crossing is served
+// before anything slow, the cgroup nearest its limit first (headroom:
+// limit - usage, one read each); then victims' exits and the kernel's OOM
+// notifications; then the rest (early thresholds, whose preparation is the
+// slow part of a kill, inotify). Between two slow items the loop asks the
+// kernel again, without waiting, for crossings that came meanwhile. It
+// says whether the poller was woken meanwhile.
+func (g *Guard) serve(ready []int, notified time.Time) (woken bool) {
+	if len(ready) == 1 {
+		g.dispatch(ready[0], notified)
+		return false
+	}
+	urgent, rest := g.triage(ready)
+	for {
+		for _, fd := range urgent {
+			g.dispatch(fd, notified)
+		}
+		if len(rest) == 0 {
+			return woken
+		}
+		fd := rest[0]
+		rest = rest[1:]
+		g.dispatch(fd, notified)
+		if len(rest) == 0 {
+			return woken
+		}
+		more, w, err := g.poller.Wait(0)
+		if err != nil {
+			return woken
+		}
+		woken = woken || w
+		notified = time.Now()
+		urgent, _ = g.triage(more)
+	}
+}
+
+// triage splits ready fds into the urgent, in the order to serve them,
+// and the rest.
+func (g *Guard) triage(ready []int) (urgent, rest []int) {
+	type crossing struct {
+		fd       int
+		headroom uint64
+	}
+	var crossings []crossing
+	var second []int
+	for _, fd := range ready {
+		if g.sampler != nil && fd == g.sampler.Fd() {
+			urgent = append(urgent, fd)
+			continue
+		}
+		c, ok := g.byFd[fd]
+		switch {
+		case !ok:
+			rest = append(rest, fd)
+		case c.thw != nil && fd == c.thw.Fd():
+			h := uint64(0)
+			if usage, err := c.files.Usage(); err == nil {
+				h = sub(c.armedLimit, usage)
+			}
+			crossings = append(crossings, crossing{fd, h})
+		case c.victimWatch && fd == c.victimFd, c.oomw != nil && fd == c.oomw.Fd():
+			second = append(second, fd)
+		default:
+			rest = append(rest, fd)
+		}
+	}
+	slices.SortStableFunc(crossings, func(a, b crossing) int { return cmp.Compare(a.headroom, b.headroom) })
+	for _, x := range crossings {
+		urgent = append(urgent, x.fd)
+	}
+	return append(urgent, second...), rest
 }
 
 func (g *Guard) dispatch(fd int, notified time.Time) {

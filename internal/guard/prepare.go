@@ -47,6 +47,7 @@ func (g *Guard) onEarly(c *cg) {
 
 // prepare does the slow part of a kill ahead of need.
 func (g *Guard) prepare(c *cg, usage uint64) {
+	start := time.Now()
 	g.dropPrep(c)
 	stat, err := c.files.Stat()
 	if err != nil {
@@ -70,8 +71,8 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		return
 	}
 	c.prep = &prepared{at: time.Now(), usage: usage, reclaimable: stat.Reclaimable, statText: stat.Text, target: target}
-	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready",
-		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm)
+	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready in %v",
+		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm, time.Since(start).Round(time.Microsecond))
 }
 
 // validPrep returns the cgroup's preparation if it is recent; else it drops it.

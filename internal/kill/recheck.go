@@ -13,16 +13,11 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 )
 
-// dying tells, from /proc/PID/stat and /proc/PID/status as read, whether a
-// process is on its way out: a zombie (or dead), exiting (PF_EXITING), or
-// with SIGKILL pending. The kernel's OOM killer does not pick another victim
-// for such a process's memory; neither does the guard pick it again.
-func dying(stat, status []byte) bool {
-	return statDying(stat) || killPending(status)
-}
-
-// statDying is the part of dying that /proc/PID/stat tells: state Z or X,
-// or PF_EXITING in the flags.
+// statDying tells from /proc/PID/stat as read whether a process is on its
+// way out: state Z (zombie) or X, or PF_EXITING in the flags. With SIGKILL
+// pending (killPending, from status) it is dying too: the kernel's OOM
+// killer picks no other victim for such a process's memory
+// (task_will_free_mem), and the guard does not pick it again.
 func statDying(stat []byte) bool {
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 {
@@ -81,13 +76,13 @@ func (p Proc) ExitFd(c Candidate) (int, error) {
 // Now is what a chosen victim is at the moment of its kill.
 type Now struct {
 	Gone   bool   // exited, or its PID reused
-	Dying  bool   // exiting or a zombie (see dying; SIGKILL pending is not read here)
+	Dying  bool   // SIGKILL pending, exiting or a zombie (see dying)
 	Inside bool   // its memory cgroup is under the killer's hierarchy root
 	Cgroup string // that cgroup, relative to the root, when Inside
 }
 
-// Recheck reads where c is now and whether it still runs: /proc/PID/stat
-// and /proc/PID/cgroup, two small reads (a few microseconds) made right
+// Recheck reads where c is now and whether it still runs: /proc/PID/stat,
+// status and cgroup, three small reads (a few microseconds) made right
 // before the signal, so that a victim chosen earlier that has moved out of
 // the guarded cgroup, or died, is not signalled.
 func (k Killer) Recheck(c Candidate) (Now, error) {
@@ -101,6 +96,13 @@ func (k Killer) Recheck(c Candidate) (Now, error) {
 		return Now{Gone: true}, nil
 	}
 	now := Now{Dying: statDying(data)}
+	if !now.Dying {
+		// SIGKILL pending: the kernel's OOM killer (or anyone) was first.
+		if data, err = k.Proc.read(c.Pid, "status", buf[:]); err != nil {
+			return Now{Gone: true}, nil
+		}
+		now.Dying = killPending(data)
+	}
 	if data, err = k.Proc.read(c.Pid, "cgroup", buf[:]); err != nil {
 		return Now{Gone: true}, nil
 	}
