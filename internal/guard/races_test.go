@@ -3,9 +3,11 @@ package guard_test
 import (
 	"flag"
 	"fmt"
+	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"k8s.io/klog/v2"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -176,4 +178,113 @@ func TestStormOfCrossings(t *testing.T) {
 	if kernel > 3 {
 		t.Errorf("the kernel OOM-killed %d of %d", kernel, n)
 	}
+}
+
+// Scope (issue 12, case 3): the victim made ready at the early threshold
+// moves out of the guard's root before the crossing. It is not killed (the
+// guard once killed it there 3 ms later, naming the cgroup it had left);
+// the process the kernel would kill now, the one still growing, is.
+func TestVictimLeavesBeforeTheKill(t *testing.T) {
+	cfg := testConfig()
+	early, threshold := cfg.EarlyThreshold(64<<20), cfg.Threshold(64<<20)
+	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
+	for try := 1; ; try++ {
+		cg := testenv.NewCgroup(t)
+		inner := cg.Child(t, "g", 0)
+		rel := cg.Child(t, "g/c", 64<<20)
+		out := cg.Child(t, "out", 0)
+		sink := startGuard(t, &testenv.Cgroup{Mem: cg.Mem, Rel: inner}, cfg)
+		usage := func() uint64 { u, _ := mem.Usage(rel); return u }
+		// The big one grows past the early threshold (59.5 MiB), where the
+		// guard makes its kill ready, and is stopped short of the
+		// threshold (62.7 MiB).
+		// It runs throttled (1 ms of CPU every 200 ms: about 1 MiB a
+		// step) so that the test can stop it in that 3.2 MiB window.
+		slow := slowCPU(t)
+		big := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+		big.Env = append(big.Env, "GOMAXPROCS=1")
+		gate := startGated(t, cg, rel, big)
+		if err := os.WriteFile(slow+"/cgroup.procs", []byte(fmt.Sprint(big.Process.Pid)), 0); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = gate.Write([]byte{1})
+		for deadline := time.Now().Add(30 * time.Second); usage() < early+(3<<18); time.Sleep(2 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the big process did not reach the early threshold (usage %d)", usage())
+			}
+		}
+		_ = big.Process.Signal(syscall.SIGSTOP)
+		time.Sleep(100 * time.Millisecond)
+		if u := usage(); u >= threshold || !running(big.Process.Pid) {
+			if try < 3 {
+				t.Logf("try %d: the big process was not stopped short of the threshold (usage %d); again", try, u)
+				continue
+			}
+			t.Fatalf("the big process was not stopped short of the threshold in %d tries", try)
+		}
+		// It leaves the guard's scope; v1 leaves its pages charged to rel.
+		if err := cg.Mem.AddProc(out, big.Process.Pid); err != nil {
+			t.Fatal(err)
+		}
+		grower := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+		cg.Start(t, rel, grower)
+		ws := testenv.WaitExit(t, grower, 10*time.Second)
+		time.Sleep(100 * time.Millisecond)
+		if !running(big.Process.Pid) {
+			t.Fatalf("the process that left the guard's scope was killed; events %+v", sink.all())
+		}
+		if ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("the grower ended with %v", ws)
+		}
+		if n := oomKills(t, cg, rel); n != 0 {
+			if try < 3 {
+				t.Logf("try %d: the kernel killed first: a lost race; again", try)
+				continue
+			}
+			t.Fatalf("the kernel killed first in %d tries", try)
+		}
+		ev := sink.wait(t, event.KillProcess, 5*time.Second)
+		if len(ev.Processes) != 1 || ev.Processes[0].Pid != grower.Process.Pid || ev.ProcCgroup != cg.Path("g/c") {
+			t.Fatalf("guard event %+v, want the grower %d in %s", ev, grower.Process.Pid, cg.Path("g/c"))
+		}
+		return
+	}
+}
+
+// slowCPU makes a v1 cpu cgroup that lets its processes run 1 ms every
+// 200 ms, removed at the end of the test (after its processes are killed).
+func slowCPU(t *testing.T) string {
+	t.Helper()
+	dir := fmt.Sprintf("/sys/fs/cgroup/cpu/oomguard-test-slow-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		testenv.Skip(t, "no v1 cpu controller: "+err.Error())
+	}
+	t.Cleanup(func() {
+		for i := 0; i < 100 && os.Remove(dir) != nil; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	for _, fv := range [][2]string{{"cpu.cfs_period_us", "200000"}, {"cpu.cfs_quota_us", "1000"}} {
+		if err := os.WriteFile(dir+"/"+fv[0], []byte(fv[1]), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// running tells whether pid is a process that is not a zombie.
+func running(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+func sub(a, b uint64) uint64 {
+	if a > b {
+		return a - b
+	}
+	return 0
 }
