@@ -169,7 +169,7 @@ func (g *Guard) nothingToKill(c *cg, usage uint64, why string) {
 // stuckMax bounds the back-off of a cgroup with nothing to kill: a process
 // that moves in and grows is acted on at most this late (the kernel may
 // win that race; it would win it anyway with nothing to kill before).
-const stuckMax = 100 * time.Millisecond
+const stuckMax = 500 * time.Millisecond
 
 // endStuck ends a nothing-to-kill episode, saying how long it lasted.
 func (g *Guard) endStuck(c *cg) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -287,4 +288,100 @@ func sub(a, b uint64) uint64 {
 		return a - b
 	}
 	return 0
+}
+
+// lockedBuffer is klog's output in a test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) lines(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, sub) {
+			n++
+		}
+	}
+	return n
+}
+
+// captureLog sends klog's output to a buffer until the end of the test.
+func captureLog(t *testing.T) *lockedBuffer {
+	buf := &lockedBuffer{}
+	klog.LogToStderr(false)
+	klog.SetOutput(buf)
+	t.Cleanup(func() { klog.LogToStderr(true) })
+	return buf
+}
+
+// A cgroup that cannot be helped (issue 12, case 5): above its threshold
+// with nothing in it to kill, as v1 leaves it when a process moves away
+// and its pages stay charged. For 10 s the guard looks again with back-off,
+// says so once, counts it once; it used to look every 5 ms and log each
+// time (2,463 lines in 10 s, 6% CPU).
+func TestStuckCgroupDoesNotSpin(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "x", 64<<20)
+	out := cg.Child(t, "out", 0)
+	log := captureLog(t)
+	sink := startGuard(t, cg, testConfig())
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 48, Hold: true})
+	cg.Start(t, rel, hog)
+	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
+	var u uint64
+	for deadline := time.Now().Add(10 * time.Second); u < 48<<20; time.Sleep(10 * time.Millisecond) {
+		if u, _ = mem.Usage(rel); time.Now().After(deadline) {
+			t.Fatalf("usage %d: the hog did not allocate", u)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := cg.Mem.AddProc(out, hog.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	u, _ = mem.Usage(rel)
+	limit := (u + 512<<10) &^ 4095
+	if got := testConfig().Threshold(limit); got > u {
+		t.Fatalf("threshold %d above usage %d", got, u)
+	}
+	idle := cpuPercent(3 * time.Second) // this process with the guard, before: the baseline
+	cg.SetLimit(t, rel, limit)
+	cpu := cpuPercent(10*time.Second) - idle
+	lines := log.lines("cgroup /x:")
+	sink.mu.Lock()
+	standDowns := sink.standDowns
+	sink.mu.Unlock()
+	t.Logf("10 s above the threshold with nothing to kill: %d log lines, CPU %.2f%% above this process's %.2f%% before, %d stand-downs counted",
+		lines, cpu, idle, standDowns)
+	if lines > 5 {
+		t.Errorf("%d log lines about the stuck cgroup in 10 s", lines)
+	}
+	if cpu >= 1 {
+		t.Errorf("the stuck cgroup cost %.2f%% of a CPU", cpu)
+	}
+	if standDowns != 1 {
+		t.Errorf("%d stand-downs counted, want 1 (one episode)", standDowns)
+	}
+	if !running(hog.Process.Pid) {
+		t.Errorf("the process outside the cgroup was killed")
+	}
+}
+
+// cpuPercent is the CPU this process uses over d, in percent of one CPU.
+func cpuPercent(d time.Duration) float64 {
+	var r0, r1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
+	start := time.Now()
+	time.Sleep(d)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
+	used := r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano()
+	return float64(used) / float64(time.Since(start).Nanoseconds()) * 100
 }

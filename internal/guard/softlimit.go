@@ -31,7 +31,7 @@ func (g *Guard) setSoftLimit(c *cg) {
 		c.softLimit, c.softLimitSaved = v, true
 	}
 	if err := g.mem.SetSoftLimit(c.rel, c.threshold); err != nil {
-		g.warnUnlessGone(c, "set soft limit", err)
+		g.warnUnlessGone(c, fmt.Sprintf("the kernel refused the soft limit %s (left at %s)", bytesMiB(c.threshold), bytesMiB(v)), err)
 		return
 	}
 	c.softLimitSet = pageFloor(c.threshold)
