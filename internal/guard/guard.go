@@ -94,6 +94,7 @@ type Guard struct {
 	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
 	inotifyFailing bool           // the last inotify reset was refused
 	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
+	records        *records       // what the guard wrote into cgroups, for a successor (record.go); nil: none
 	inFlight       int            // registrations started, not yet installed
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
@@ -164,6 +165,12 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	}
 	if err := g.resetInotify(); err != nil {
 		return err
+	}
+	if g.cfg.StateFile != "" {
+		if g.records, err = openRecords(g.cfg.StateFile); err != nil {
+			klog.Warningf("state file %s: %v: soft limits are set without a record, so a guard started after this one dies could not restore the operator's values", g.cfg.StateFile, err)
+		}
+		defer func() { g.records.close(); g.records = nil }()
 	}
 	defer g.releaseAll()
 	g.quit = make(chan struct{})

@@ -4,6 +4,10 @@ import (
 	"flag"
 	"fmt"
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/kill"
+	"github.com/oom-guard/oom-guard/internal/notify"
+	"io"
 	"k8s.io/klog/v2"
 	"os"
 	"os/exec"
@@ -384,4 +388,104 @@ func cpuPercent(d time.Duration) float64 {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
 	used := r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano()
 	return float64(used) / float64(time.Since(start).Nanoseconds()) * 100
+}
+
+// The child guard of TestRestartRestoresOperatorsSoftLimit: this test
+// binary re-executed with these set runs a guard and is SIGKILLed.
+const (
+	envChildRoot  = "OOMGUARD_TEST_CHILD_GUARD_ROOT"
+	envChildState = "OOMGUARD_TEST_CHILD_GUARD_STATE"
+)
+
+func init() {
+	root := os.Getenv(envChildRoot)
+	if root == "" {
+		return
+	}
+	mem, err := cgroup.Open(root)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	cfg := testConfig()
+	cfg.OpenSoftLimit, cfg.StateFile = true, os.Getenv(envChildState)
+	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, nopReporter{}, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	go func() { <-g.Ready(); fmt.Println("ready") }()
+	_ = g.Run(make(chan struct{}))
+	os.Exit(3)
+}
+
+type nopReporter struct{}
+
+func (nopReporter) Acted(event.Action)        {}
+func (nopReporter) Counted(event.CounterKill) {}
+
+// Restart (issue 12, case 4): with --openSoftLimit a guard is SIGKILLed,
+// and the next one restores the operator's soft limit on stop, not the
+// dead guard's threshold (unlimited and 96 MiB were lost so before).
+func TestRestartRestoresOperatorsSoftLimit(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	unset := cg.Child(t, "unset", 128<<20)
+	set := cg.Child(t, "set", 128<<20)
+	if err := cg.Mem.WriteFile(set, "memory.soft_limit_in_bytes", fmt.Sprint(96<<20)); err != nil {
+		t.Fatal(err)
+	}
+	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
+	soft := func(rel string) uint64 {
+		v, err := mem.SoftLimit(rel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	want := map[string]uint64{unset: soft(unset), set: soft(set)}
+	state := t.TempDir() + "/state"
+
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), envChildRoot+"="+cg.Mem.Path(cg.Rel, ""), envChildState+"="+state)
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	ready := make(chan bool, 1)
+	go func() {
+		var b [6]byte
+		_, err := io.ReadFull(out, b[:])
+		ready <- err == nil && string(b[:5]) == "ready"
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatal("the child guard did not start")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the child guard not ready in 20 s")
+	}
+	cfg := testConfig()
+	cfg.OpenSoftLimit = true
+	for rel := range want {
+		if got := soft(rel); got != pageFloor(cfg.Threshold(128<<20)) {
+			t.Fatalf("%s: soft limit %d under the first guard, want its threshold", rel, got)
+		}
+	}
+	_ = child.Process.Signal(syscall.SIGKILL)
+	_ = child.Wait()
+
+	cfg.StateFile = state
+	_, stop := runGuard(t, cg, cfg)
+	stop()
+	for rel, w := range want {
+		if got := soft(rel); got != w {
+			t.Errorf("%s: soft limit %d after the second guard stopped, want the operator's %d", rel, got, w)
+		}
+	}
 }
