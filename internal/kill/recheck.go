@@ -36,6 +36,25 @@ func statDying(stat []byte) bool {
 	return err == nil && flags&pfExiting != 0
 }
 
+// statKillPending tells from /proc/PID/stat whether SIGKILL is pending for
+// the process's main thread (field 31, its private pending set, where a
+// fatal signal sent to the process lands on every thread): what status's
+// SigPnd says, without a read of status (tens of microseconds; stat and
+// cgroup are a few each).
+func statKillPending(stat []byte) bool {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return false
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	const signalIndex = 31 - 3
+	if len(fields) <= signalIndex {
+		return false
+	}
+	sig, err := strconv.ParseUint(fields[signalIndex], 10, 64)
+	return err == nil && sig&(1<<(9-1)) != 0
+}
+
 // Exited tells whether c has exited: gone from /proc, its PID taken by
 // another process, or a zombie. Its memory is freed by then (a zombie has
 // released its address space). It is how the guard tells that a victim is
@@ -81,8 +100,8 @@ type Now struct {
 	Cgroup string // that cgroup, relative to the root, when Inside
 }
 
-// Recheck reads where c is now and whether it still runs: /proc/PID/stat,
-// status and cgroup, three small reads (a few microseconds) made right
+// Recheck reads where c is now and whether it still runs: /proc/PID/stat
+// and /proc/PID/cgroup, two small reads (a few microseconds each) made right
 // before the signal, so that a victim chosen earlier that has moved out of
 // the guarded cgroup, or died, is not signalled.
 func (k Killer) Recheck(c Candidate) (Now, error) {
@@ -95,14 +114,7 @@ func (k Killer) Recheck(c Candidate) (Now, error) {
 	if err != nil || st != c.StartTime {
 		return Now{Gone: true}, nil
 	}
-	now := Now{Dying: statDying(data)}
-	if !now.Dying {
-		// SIGKILL pending: the kernel's OOM killer (or anyone) was first.
-		if data, err = k.Proc.read(c.Pid, "status", buf[:]); err != nil {
-			return Now{Gone: true}, nil
-		}
-		now.Dying = killPending(data)
-	}
+	now := Now{Dying: statDying(data) || statKillPending(data)}
 	if data, err = k.Proc.read(c.Pid, "cgroup", buf[:]); err != nil {
 		return Now{Gone: true}, nil
 	}
