@@ -31,7 +31,7 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) (*kill.Target, string) {
 		g.warnUnlessGone(c, "list processes", err)
 		return nil, "its processes could not be listed"
 	}
-	best, why := g.pick(cands)
+	best, why := g.pick(cands, c.stuck == 0 || time.Since(c.stuckSince) < dyingWait)
 	if why != "" {
 		return nil, why
 	}
@@ -43,12 +43,22 @@ func (g *Guard) chooseVictim(c *cg, limit uint64) (*kill.Target, string) {
 	return victim, ""
 }
 
-// pick is the victim among cands, or why there is none.
-func (g *Guard) pick(cands []kill.Candidate) (kill.Candidate, string) {
+// dyingWait is how long a cgroup with a dying process in it waits for that
+// process's memory before the guard kills another that outscores it: the
+// kernel, too, kills nobody else while an OOM victim of its own is not
+// yet reaped (oom_evaluate_task), and the guard's victims are reaped at
+// once (process_mrelease), so that a dying process still there after this
+// long is stuck in the kernel and its memory may never come back.
+const dyingWait = time.Second
+
+// pick is the victim among cands, or why there is none. A dying candidate
+// blocks the choice while it outscores the best (the kernel's
+// task_will_free_mem), or, with anyDying, whatever its score.
+func (g *Guard) pick(cands []kill.Candidate, anyDying bool) (kill.Candidate, string) {
 	best, ok := kill.Choose(cands, g.self)
 	for _, d := range cands {
-		if d.Dying && kill.Eligible(d, g.self) && (!ok || d.OOMScore > best.OOMScore) {
-			return kill.Candidate{}, "its largest process is dying"
+		if d.Dying && kill.Eligible(d, g.self) && (anyDying || !ok || d.OOMScore > best.OOMScore) {
+			return kill.Candidate{}, "a process of it is dying"
 		}
 	}
 	if !ok {

@@ -42,11 +42,12 @@ type cg struct {
 	// after GuardInterval at the latest.
 	victim      kill.Candidate
 	victimFd    int
-	victimWatch bool // victimFd is open and in the epoll set
-	stuck       int  // looks in a row with nothing to kill (back-off; look.go)
-	episode     bool // above the threshold since the last time it was below
-	reclaimed   bool // reclaim already requested in this episode
-	noopShown   bool // the noop policy already reported this episode
+	victimWatch bool      // victimFd is open and in the epoll set
+	stuck       int       // looks in a row with nothing to kill (back-off; look.go)
+	stuckSince  time.Time // since when
+	episode     bool      // above the threshold since the last time it was below
+	reclaimed   bool      // reclaim already requested in this episode
+	noopShown   bool      // the noop policy already reported this episode
 
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool

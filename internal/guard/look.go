@@ -158,6 +158,7 @@ func (g *Guard) atKill(c *cg, victim *kill.Target) (ok, moved bool) {
 // (oomguard_stand_downs_total{reason="nothing-to-kill"} counts episodes).
 func (g *Guard) nothingToKill(c *cg, usage uint64, why string) {
 	if c.stuck == 0 {
+		c.stuckSince = time.Now()
 		g.metrics.StandDown("nothing-to-kill")
 		klog.Warningf("cgroup %s: usage %s above its threshold %s, but %s: looking again with back-off up to %v",
 			c.rel, bytesMiB(usage), bytesMiB(c.threshold), why, stuckMax)

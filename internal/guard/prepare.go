@@ -62,7 +62,7 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		c.seen = nil // a fresh look: forget processes seen in an earlier episode
 	}
 	c.remember(cands)
-	best, why := g.pick(cands)
+	best, why := g.pick(cands, false)
 	if why != "" {
 		return
 	}

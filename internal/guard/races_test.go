@@ -208,8 +208,9 @@ func TestVictimLeavesBeforeTheKill(t *testing.T) {
 		// The big one grows past the early threshold (59.5 MiB), where the
 		// guard makes its kill ready, and is stopped short of the
 		// threshold (62.7 MiB).
-		// It runs throttled (1 ms of CPU every 200 ms: about 1 MiB a
-		// step) so that the test can stop it in that 3.2 MiB window.
+		// It runs throttled, and from 6 MiB below the early threshold at
+		// 1 ms of CPU every 200 ms (about 1 MiB a step), so that the test
+		// can stop it in that 3.2 MiB window.
 		slow := slowCPU(t)
 		big := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		big.Env = append(big.Env, "GOMAXPROCS=1")
@@ -221,6 +222,9 @@ func TestVictimLeavesBeforeTheKill(t *testing.T) {
 		for deadline := time.Now().Add(30 * time.Second); usage() < early+(3<<18); time.Sleep(2 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("the big process did not reach the early threshold (usage %d)", usage())
+			}
+			if usage() > early-(6<<20) {
+				throttle(t, slow, "200000", "1000")
 			}
 		}
 		_ = big.Process.Signal(syscall.SIGSTOP)
@@ -261,8 +265,9 @@ func TestVictimLeavesBeforeTheKill(t *testing.T) {
 	}
 }
 
-// slowCPU makes a v1 cpu cgroup that lets its processes run 1 ms every
-// 200 ms, removed at the end of the test (after its processes are killed).
+// slowCPU makes a v1 cpu cgroup that lets its processes run 20 ms every
+// 100 ms (throttle changes that), removed at the end of the test (after
+// its processes are killed).
 func slowCPU(t *testing.T) string {
 	t.Helper()
 	dir := fmt.Sprintf("/sys/fs/cgroup/cpu/oomguard-test-slow-%d-%d", os.Getpid(), time.Now().UnixNano()%1e6)
@@ -274,12 +279,18 @@ func slowCPU(t *testing.T) string {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	for _, fv := range [][2]string{{"cpu.cfs_period_us", "200000"}, {"cpu.cfs_quota_us", "1000"}} {
+	throttle(t, dir, "100000", "20000")
+	return dir
+}
+
+// throttle sets a cpu cgroup's bandwidth: quota microseconds every period.
+func throttle(t *testing.T, dir, period, quota string) {
+	t.Helper()
+	for _, fv := range [][2]string{{"cpu.cfs_quota_us", "-1"}, {"cpu.cfs_period_us", period}, {"cpu.cfs_quota_us", quota}} {
 		if err := os.WriteFile(dir+"/"+fv[0], []byte(fv[1]), 0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return dir
 }
 
 // running tells whether pid is a process that is not a zombie.
