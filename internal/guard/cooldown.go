@@ -65,11 +65,14 @@ func (g *Guard) victimGone(c *cg) bool {
 	return g.killer.Exited(c.victim)
 }
 
-// victimExited: the victim's pidfd turned readable.
+// victimExited: the victim's pidfd turned readable. The cooldown ends; the
+// cgroup is looked at again a recheck interval later, not at once: the
+// uncharging of a dead process's pages can trail its exit by a moment
+// (seen under emulation), and a crossing meanwhile is acted on at once.
 func (g *Guard) victimExited(c *cg, notified time.Time) {
 	klog.V(4).Infof("cgroup %s: victim pid %d exited %v after the kill", c.rel, c.victim.Pid, notified.Sub(c.lastAction).Round(time.Microsecond))
 	g.endCooldown(c)
-	g.look(c, notified)
+	c.recheckAt = notified.Add(g.cfg.RecheckInterval)
 }
 
 // endCooldown ends c's cooldown, if any: its victim is gone, or no longer
