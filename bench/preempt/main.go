@@ -10,11 +10,12 @@
 // internal/notify/memcg_v2.go). Reaction time is from the loop's wake-up
 // (v1: the kernel's threshold eventfd; v2: the sampler's timer or a
 // memory.events change) to the SIGKILL; overshoot is how far above the
-// threshold usage was when the guard looked. Then it measures the time from
+// threshold usage was when the guard looked. Then (v1) a respawning
+// workload and a storm of crossings (races.go). Then it measures the time from
 // a kernel OOM kill to its event, and the guard's idle cost with many
 // guarded cgroups.
 //
-//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000] [-oldkernel 3.10]
+//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000] [-oldkernel 3.10] [-respawn 20s] [-storm 100]
 //	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events,events+high,poll+events+high]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
@@ -53,8 +54,10 @@ type config struct {
 	Mechanisms []string // v2 only; v1 has its eventfd
 	Idle       int      // idle guarded cgroups for the idle cost; 0 skips it
 	IdleFor    time.Duration
-	GuardBin   string // v1: the oom-guard binary for the idle cost ("" builds it)
-	EventRuns  int    // kernel OOM kills for the kill-to-event latency; 0 skips it
+	GuardBin   string        // v1: the oom-guard binary for the idle cost ("" builds it)
+	EventRuns  int           // kernel OOM kills for the kill-to-event latency; 0 skips it
+	Respawn    time.Duration // v1: the respawning workload's duration; 0 skips it
+	Storm      int           // v1: cgroups in the storm; 0 skips it
 }
 
 // envConfig carries the v2 config into the VM.
@@ -73,6 +76,8 @@ func main() {
 	flag.DurationVar(&v1.IdleFor, "idle-for", 10*time.Second, "how long to measure the idle guard")
 	flag.StringVar(&v1.GuardBin, "guard-bin", "", "v1: oom-guard binary for the idle measurement (default: build it)")
 	flag.IntVar(&v1.EventRuns, "event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
+	flag.DurationVar(&v1.Respawn, "respawn", 20*time.Second, "v1: how long the respawning workload runs (0 skips it)")
+	flag.IntVar(&v1.Storm, "storm", 100, "v1: cgroups crossing at once in the storm (0 skips it)")
 	doV1 := flag.Bool("v1", true, "run the cgroup v1 benchmark on this machine (root, v1 memory hierarchy)")
 	doV2 := flag.Bool("v2", true, "run the cgroup v2 benchmark in the VM (internal/testenv/vm; scripts/vm-kernel)")
 	v2Runs := flag.Int("v2-runs", 20, "v2: runs per mechanism, limit and thread count")
@@ -88,6 +93,7 @@ func main() {
 	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
 	v2 = v1
 	v2.Runs, v2.Limits, v2.Mechanisms, v2.GuardBin = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), ""
+	v2.Respawn, v2.Storm = 0, 0
 	failed := false
 	if *doV1 {
 		if err := run(v1Hierarchy, v1, os.Stdout); err != nil {
@@ -252,6 +258,16 @@ func run(h hierarchy, c config, out io.Writer) error {
 		rows, floor = append(rows, mr...), f
 	}
 	printTable(out, h, rows, cfg, floor)
+	if c.Respawn > 0 {
+		if err := respawnRow(h, top, c.Respawn, out); err != nil {
+			return err
+		}
+	}
+	if c.Storm > 0 {
+		if err := stormRow(h, top, c.Storm, out); err != nil {
+			return err
+		}
+	}
 	if c.EventRuns > 0 {
 		if err := eventLatency(h, top, c.EventRuns, out); err != nil {
 			return err

@@ -72,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&guardMs, "guard-ms", 50, "after acting on a cgroup, wait this long for the memory to come back before acting on it again")
 	fs.StringVar(&policy, "policy", string(def.Policy), "on a crossing: process (kill the highest oom_score), container (kill the whole container) or noop (log only)")
 	fs.BoolVar(&o.guard.OpenSoftLimit, "openSoftLimit", false, "also set each guarded cgroup's soft limit at its threshold (restored on exit)")
+	fs.StringVar(&o.guard.StateFile, "state-file", DefaultStateFile, "where the soft limits and memory.high values the guard sets are recorded with the values to restore, so that a guard started after one that died restores the operator's, not its predecessor's (keep it on the node, in a directory a reboot empties); empty keeps no record")
 	fs.BoolVar(&o.guard.HighTripwire, "memory-high-tripwire", def.HighTripwire, "cgroup v2, process and container policies: put memory.high at the threshold of each guarded cgroup where it is unset, so the allocating task itself signals the crossing and waits in reclaim until the guard acts (restored on exit)")
 	fs.StringVar(&o.webhookURL, "webhook-url", "http://localhost/message", "POST each event's JSON here (http://, https:// or unix:///socket/path); empty disables it")
 	fs.Float64Var(&o.guard.ReclaimableRatio, "reclaimable-ratio", def.ReclaimableRatio, "stand down while reclaimable page cache is at least this fraction of the limit; 0 never stands down")
@@ -198,3 +199,7 @@ func isDir(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
 }
+
+// DefaultStateFile is --state-file's default: on the node's /run (the
+// DaemonSet mounts it), which a reboot empties along with every cgroup.
+const DefaultStateFile = "/run/oom-guard/soft-limits.jsonl"

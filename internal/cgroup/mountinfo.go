@@ -135,3 +135,6 @@ func v1Sibling(mounts []Mount, dir, controller string) (*FS, error) {
 	sub := strings.TrimPrefix(dir, mem.Point)
 	return &FS{Root: filepath.Join(other.Point, sub)}, nil
 }
+
+// Mounts lists this process's cgroup mounts (/proc/self/mountinfo).
+func Mounts() ([]Mount, error) { return readMounts() }

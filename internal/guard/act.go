@@ -21,31 +21,50 @@ func processes(g *Guard, killed []kill.Candidate) []event.Process {
 }
 
 // chooseVictim scores rel's processes and holds the one the kernel would
-// kill by pidfd; nil if none may be killed.
-func (g *Guard) chooseVictim(c *cg, limit uint64) Victim {
+// kill by pidfd; nil if none may be killed, and why. A dying process is
+// never chosen; while one outscores every other, none is: the kernel's OOM
+// killer, too, waits for a dying victim's memory rather than kill another
+// (task_will_free_mem).
+func (g *Guard) chooseVictim(c *cg, limit uint64) (Victim, string) {
 	cands, err := g.killer.Candidates(c.rel, limit)
 	if err != nil && len(cands) == 0 {
 		g.warnUnlessGone(c, "list processes", err)
-		return nil
+		return nil, "its processes could not be listed"
 	}
-	cands, wait := g.awaitDying(c, cands)
-	if wait {
-		klog.V(3).Infof("cgroup %s: above its threshold, a process already dying: waiting for its memory", c.rel)
-		return nil
-	}
-	best, ok := kill.Choose(cands, g.self)
-	if !ok {
-		klog.Warningf("cgroup %s: above its threshold %s, but no process may be killed", c.rel, bytesMiB(c.threshold))
-		return nil
+	best, why := g.pick(cands, c.stuck == 0 || g.clock.Now().Sub(c.stuckSince) < dyingWait)
+	if why != "" {
+		return nil, why
 	}
 	victim, err := g.killer.Open(best)
 	if err != nil {
-		if !g.permanentKillFailure(c, err) {
-			klog.V(2).Infof("cgroup %s: victim pid %d (%s): %v", c.rel, best.Pid, best.Comm, err)
-		}
-		return nil
+		klog.V(2).Infof("cgroup %s: victim pid %d (%s): %v", c.rel, best.Pid, best.Comm, err)
+		return nil, "its victim exited before it could be held"
 	}
-	return victim
+	return victim, ""
+}
+
+// dyingWait is how long a cgroup with a dying process in it waits for that
+// process's memory before the guard kills another that outscores it: the
+// kernel, too, kills nobody else while an OOM victim of its own is not
+// yet reaped (oom_evaluate_task), and the guard's victims are reaped at
+// once (process_mrelease), so that a dying process still there after this
+// long is stuck in the kernel and its memory may never come back.
+const dyingWait = time.Second
+
+// pick is the victim among cands, or why there is none. A dying candidate
+// blocks the choice while it outscores the best (the kernel's
+// task_will_free_mem), or, with anyDying, whatever its score.
+func (g *Guard) pick(cands []kill.Candidate, anyDying bool) (kill.Candidate, string) {
+	best, ok := kill.Choose(cands, g.self)
+	for _, d := range cands {
+		if d.Dying && kill.Eligible(d, g.self) && (anyDying || !ok || d.OOMScore > best.OOMScore) {
+			return kill.Candidate{}, "a process of it is dying"
+		}
+	}
+	if !ok {
+		return kill.Candidate{}, "no process may be killed"
+	}
+	return best, ""
 }
 
 // act applies the policy to the chosen victim (the process the kernel
@@ -109,8 +128,14 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 		return
 	}
-	c.lastAction = g.clock.Now()
-	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+	if sent.IsZero() { // noop: nothing killed, the bound alone
+		c.lastAction = g.clock.Now()
+		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+	} else {
+		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, who.Pid, who.Comm, who.OOMScore, bytesMiB(usage))
+		g.coolDown(c, who)
+		delete(c.seen, who.Pid) // not the kernel's victim, whatever its count says next
+	}
 	if !sent.IsZero() {
 		a.Reaction = sent.Sub(notified)
 		if g.Observe != nil {
@@ -139,37 +164,6 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		c.killingRest.Store(false)
 		g.tell(a, killed)
 	}()
-}
-
-// dyingWait bounds how long the guard waits for a process dying of
-// SIGKILL to give its memory back before it chooses among the others: a
-// victim stuck in the kernel (uninterruptible, as on the 3.10 kernels the
-// guard exists for) must not keep its cgroup waiting as the kernel's own
-// OOM killer would.
-const dyingWait = time.Second
-
-// awaitDying says whether to wait, rather than choose a victim, because a
-// process of cands is dying of SIGKILL (kill.AnyDying), for at most
-// dyingWait in one episode; past that, it returns cands without the dying.
-func (g *Guard) awaitDying(c *cg, cands []kill.Candidate) ([]kill.Candidate, bool) {
-	if !kill.AnyDying(cands, g.self) {
-		c.dyingSince = time.Time{}
-		return cands, false
-	}
-	now := g.clock.Now()
-	if c.dyingSince.IsZero() {
-		c.dyingSince = now
-	}
-	if now.Sub(c.dyingSince) < dyingWait {
-		return cands, true
-	}
-	var alive []kill.Candidate
-	for _, k := range cands {
-		if !k.Dying {
-			alive = append(alive, k)
-		}
-	}
-	return alive, false
 }
 
 // permanentKillFailure logs a kill that failed for a reason that will not

@@ -82,6 +82,11 @@ type Config struct {
 	// RealtimePriority runs the loop's thread under SCHED_FIFO at this
 	// priority (0: normal scheduling); see useRealtime.
 	RealtimePriority int
+	// StateFile records what the guard writes into cgroups (soft limits,
+	// memory.high) and the values to restore, so that a guard started
+	// after one that died restores the operator's values (record.go);
+	// "" keeps no record.
+	StateFile string
 }
 
 // DefaultConfig is the seed DaemonSet's configuration.

@@ -13,6 +13,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/notify"
+	"golang.org/x/sys/unix"
 )
 
 // A fake kernel behind the loop's ports, for the state machine's table
@@ -236,12 +237,30 @@ func (f fakeKiller) FateOf(c kill.Candidate) kill.Fate {
 	return kill.Killed
 }
 
+// Exited: a dead fake process is gone at once (no zombie).
+func (f fakeKiller) Exited(c kill.Candidate) bool { return !f.Alive(c) }
+
+// ExitFd: the fake has no pidfds; the guard asks Exited instead.
+func (f fakeKiller) ExitFd(kill.Candidate) (int, error) { return -1, unix.ENOSYS }
+
+// Recheck: where the process is now, and whether it runs.
+func (f fakeKiller) Recheck(c kill.Candidate) (kill.Now, error) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	p, ok := f.k.procs[c.Pid]
+	if !ok || !p.alive {
+		return kill.Now{Gone: true}, nil
+	}
+	return kill.Now{Inside: true, Cgroup: p.Cgroup, Dying: p.Dying}, nil
+}
+
 type fakeVictim struct {
 	k *fakeKernel
 	c kill.Candidate
 }
 
 func (v *fakeVictim) Inspected() kill.Candidate { return v.c }
+func (v *fakeVictim) SetCgroup(rel string)      { v.c.Cgroup = rel }
 func (v *fakeVictim) Close()                    {}
 func (v *fakeVictim) Kill() (time.Time, error) {
 	k := v.k
@@ -254,7 +273,7 @@ func (v *fakeVictim) Kill() (time.Time, error) {
 	if !ok || !p.alive {
 		return time.Time{}, kill.ErrGone
 	}
-	p.alive = false
+	p.Dying = true // until the test reaps it (alive = false)
 	k.killed = append(k.killed, v.c.Pid)
 	return k.now, nil
 }

@@ -1,10 +1,12 @@
 package guard
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,15 +35,22 @@ type cg struct {
 
 	recheckAt  time.Time // zero: no recheck pending
 	lastAction time.Time
-	episode    bool // above the threshold since the last time it was below
-	reclaimed  bool // reclaim already requested in this episode
-	noopShown  bool // the noop policy already reported this episode
+	// victim is the process the guard last killed here, while the cgroup
+	// cools down (cooldown.go): the cooldown ends once it has exited
+	// (victimFd, its pidfd in the epoll set, turns readable; without one,
+	// Exited is asked at each look) or usage is below the threshold, and
+	// after GuardInterval at the latest.
+	victim      kill.Candidate
+	victimFd    int
+	victimWatch bool      // victimFd is open and in the epoll set
+	stuck       int       // looks in a row with nothing to kill (back-off; look.go)
+	stuckSince  time.Time // since when
+	episode     bool      // above the threshold since the last time it was below
+	reclaimed   bool      // reclaim already requested in this episode
+	noopShown   bool      // the noop policy already reported this episode
 	// killFailShown: a kill that cannot succeed (ENOSYS, EPERM) was
 	// logged at error level in this episode.
 	killFailShown bool
-	// dyingSince: since when a process dying of SIGKILL has held the
-	// guard back from choosing another victim (awaitDying); zero: none.
-	dyingSince time.Time
 
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool
@@ -95,6 +104,8 @@ type Guard struct {
 	own            ownKills       // the guard's own recent kills (kernelkill.go)
 	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
 	inotifyFailing bool           // the last inotify reset was refused
+	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
+	records        *records       // what the guard wrote into cgroups, for a successor (record.go); nil: none
 	inFlight       int            // registrations started, not yet installed
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
@@ -173,6 +184,12 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	if err := g.resetInotify(); err != nil {
 		return err
 	}
+	if g.cfg.StateFile != "" {
+		if g.records, err = openRecords(g.cfg.StateFile); err != nil {
+			klog.Warningf("state file %s: %v: soft limits are set without a record, so a guard started after this one dies could not restore the operator's values", g.cfg.StateFile, err)
+		}
+		defer func() { g.records.close(); g.records = nil }()
+	}
 	defer g.releaseAll()
 	quit := g.quit
 	defer g.stopRegistrations()
@@ -201,8 +218,8 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		if err != nil {
 			return err
 		}
-		for _, fd := range ready {
-			g.dispatch(fd, notified)
+		if g.serve(ready, notified) {
+			woken = true
 		}
 		if woken {
 			select {
@@ -222,6 +239,80 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	}
 }
 
+// serve dispatches one epoll batch, the most urgent first. Under a storm
+// (many cgroups crossing at once) every ready threshold crossing is served
+// before anything slow, the cgroup nearest its limit first (headroom:
+// limit - usage, one read each); then victims' exits and the kernel's OOM
+// notifications; then the rest (early thresholds, whose preparation is the
+// slow part of a kill, inotify). Between two slow items the loop asks the
+// kernel again, without waiting, for crossings that came meanwhile. It
+// says whether the poller was woken meanwhile.
+func (g *Guard) serve(ready []int, notified time.Time) (woken bool) {
+	if len(ready) == 1 {
+		g.dispatch(ready[0], notified)
+		return false
+	}
+	urgent, rest := g.triage(ready)
+	for {
+		for _, fd := range urgent {
+			g.dispatch(fd, notified)
+		}
+		if len(rest) == 0 {
+			return woken
+		}
+		fd := rest[0]
+		rest = rest[1:]
+		g.dispatch(fd, notified)
+		if len(rest) == 0 {
+			return woken
+		}
+		more, w, err := g.poller.Wait(0)
+		if err != nil {
+			return woken
+		}
+		woken = woken || w
+		notified = time.Now()
+		urgent, _ = g.triage(more)
+	}
+}
+
+// triage splits ready fds into the urgent, in the order to serve them,
+// and the rest.
+func (g *Guard) triage(ready []int) (urgent, rest []int) {
+	type crossing struct {
+		fd       int
+		headroom uint64
+	}
+	var crossings []crossing
+	var second []int
+	for _, fd := range ready {
+		if g.sampler != nil && fd == g.sampler.Fd() {
+			urgent = append(urgent, fd)
+			continue
+		}
+		c, ok := g.byFd[fd]
+		switch {
+		case !ok:
+			rest = append(rest, fd)
+		case c.thw != nil && fd == c.thw.Fd():
+			h := uint64(0)
+			if usage, err := c.files.Usage(); err == nil {
+				h = sub(c.armedLimit, usage)
+			}
+			crossings = append(crossings, crossing{fd, h})
+		case c.victimWatch && fd == c.victimFd, c.oomw != nil && fd == c.oomw.Fd():
+			second = append(second, fd)
+		default:
+			rest = append(rest, fd)
+		}
+	}
+	slices.SortStableFunc(crossings, func(a, b crossing) int { return cmp.Compare(a.headroom, b.headroom) })
+	for _, x := range crossings {
+		urgent = append(urgent, x.fd)
+	}
+	return append(urgent, second...), rest
+}
+
 func (g *Guard) dispatch(fd int, notified time.Time) {
 	if g.inotify != nil && fd == g.inotify.Fd() {
 		g.onInotify()
@@ -239,6 +330,8 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 		return
 	}
 	switch {
+	case c.victimWatch && fd == c.victimFd:
+		g.victimExited(c, notified)
 	case c.thw != nil && fd == c.thw.Fd():
 		_ = c.thw.Drain()
 		g.metrics.Crossing()

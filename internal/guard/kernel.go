@@ -29,6 +29,9 @@ type ProcessKiller interface {
 	KillGroup(rel string) ([]kill.Candidate, time.Time, error)
 	Alive(c kill.Candidate) bool
 	FateOf(c kill.Candidate) kill.Fate
+	Exited(c kill.Candidate) bool
+	ExitFd(c kill.Candidate) (int, error)
+	Recheck(c kill.Candidate) (kill.Now, error)
 }
 
 // RealKernel is the running kernel: mem's hierarchy, epoll, inotify, the

@@ -28,7 +28,11 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	}
 	since := time.Duration(-1)
 	if !c.lastAction.IsZero() {
-		since = notified.Sub(c.lastAction)
+		if usage >= c.threshold && g.victimGone(c) {
+			g.endCooldown(c) // the victim's memory is gone: this is a new spike
+		} else {
+			since = notified.Sub(c.lastAction)
+		}
 	}
 	verdict := g.cfg.Assess(Look{Usage: usage, Limit: limit, ArmedLimit: c.armedLimit, SinceAction: since})
 	switch verdict {
@@ -36,13 +40,21 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		g.setLimit(c, limit)
 		return
 	case Below:
+		g.endCooldown(c) // below the threshold: the victim's memory is gone
+		g.endStuck(c)
 		c.episode, c.reclaimed, c.noopShown, c.killFailShown = false, false, false, false
 		c.recheckAt = time.Time{}
 		return
 	case Cooling:
+		klog.V(4).Infof("cgroup %s: usage %s above threshold %s: cooling down after the kill of pid %d", c.rel, bytesMiB(usage), bytesMiB(c.threshold), c.victim.Pid)
 		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+		if c.victim.Pid != 0 && !c.victimWatch {
+			// No pidfd to say when the victim is gone: ask /proc soon.
+			c.recheckAt = minTime(c.recheckAt, g.clock.Now().Add(g.cfg.RecheckInterval))
+		}
 		return
 	}
+	g.endCooldown(c) // acting: the bound has passed
 	if c.killingRest.Load() {
 		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
 		return
@@ -71,11 +83,108 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	if p != nil {
 		victim, p.target = p.target, nil
 		g.dropPrep(c)
-	} else if victim = g.chooseVictim(c, limit); victim == nil {
-		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
-		return
 	}
+	// The victim is signalled only while it is inside c, checked right
+	// before the signal (atKill): one prepared at the early threshold may
+	// have moved away or died since; one just chosen may have too.
+	for tries := 0; ; tries++ {
+		if victim == nil {
+			var why string
+			if victim, why = g.chooseVictim(c, limit); victim == nil {
+				g.nothingToKill(c, usage, why)
+				return
+			}
+		}
+		ok, moved := g.atKill(c, victim)
+		if ok {
+			break
+		}
+		victim.Close()
+		victim = nil
+		if !moved {
+			// Dead or dying (the kernel's kill, most likely): its memory
+			// is on its way back; wait for it, as the kernel would.
+			g.nothingToKill(c, usage, "its victim is dying")
+			return
+		}
+		if tries == 2 {
+			g.nothingToKill(c, usage, "every victim chosen left the cgroup before its kill")
+			return
+		}
+	}
+	g.endStuck(c)
 	g.act(c, victim, usage, limit, notified, statBefore)
+}
+
+// atKill checks, at the moment of the kill, that victim still runs, is
+// not dying, and is inside c (its cgroup or below): the guard never kills
+// outside the cgroup whose limit it guards. The check is two small /proc
+// reads (stat, cgroup): 10-20 us measured on a loaded machine. Where the victim's cgroup cannot be told (a cgroup
+// namespace hiding it), the guard kills as before and says so once. moved:
+// not killed because it left c.
+func (g *Guard) atKill(c *cg, victim Victim) (ok, moved bool) {
+	who := victim.Inspected()
+	now, err := g.killer.Recheck(who)
+	switch {
+	case now.Gone || now.Dying:
+		klog.V(2).Infof("cgroup %s: victim pid %d (%s) exited or is exiting: not killed", c.rel, who.Pid, who.Comm)
+		return false, false
+	case err != nil:
+		if !g.scopeUnknown {
+			g.scopeUnknown = true
+			klog.Warningf("cgroup %s: cannot tell the victim's cgroup at the kill (%v): killing by the listing alone", c.rel, err)
+		}
+		return true, false
+	case !now.Inside || now.Cgroup != c.rel && !isUnder(now.Cgroup, c.rel):
+		if again, _ := g.killer.Recheck(who); again.Gone || again.Dying {
+			// A task that exits leaves its cgroup: it died meanwhile.
+			return false, false
+		}
+		where := now.Cgroup
+		if !now.Inside {
+			where = "a cgroup outside " + g.mem.FS().Root
+		}
+		klog.Infof("cgroup %s: victim pid %d (%s) moved to %s since it was chosen: not killed; choosing again", c.rel, who.Pid, who.Comm, where)
+		return false, true
+	}
+	victim.SetCgroup(now.Cgroup)
+	return true, false
+}
+
+// nothingToKill: c is above its threshold and has no process the guard
+// may kill (v1 keeps the pages of a process that moved away charged to
+// the cgroup it left; every process exempt; the last victim still dying).
+// Nothing to do but look again, with back-off, and say so once an episode
+// (oomguard_stand_downs_total{reason="nothing-to-kill"} counts episodes).
+func (g *Guard) nothingToKill(c *cg, usage uint64, why string) {
+	if c.stuck == 0 {
+		c.stuckSince = g.clock.Now()
+		g.metrics.StandDown("nothing-to-kill")
+		klog.Warningf("cgroup %s: usage %s above its threshold %s, but %s: looking again with back-off up to %v",
+			c.rel, bytesMiB(usage), bytesMiB(c.threshold), why, stuckMax)
+	}
+	c.stuck++
+	c.recheckAt = g.clock.Now().Add(min(g.cfg.RecheckInterval<<min(c.stuck-1, 16), stuckMax))
+}
+
+// stuckMax bounds the back-off of a cgroup with nothing to kill: a process
+// that moves in and grows is acted on at most this late (the kernel may
+// win that race; it would win it anyway with nothing to kill before).
+const stuckMax = 500 * time.Millisecond
+
+// endStuck ends a nothing-to-kill episode, saying how long it lasted.
+func (g *Guard) endStuck(c *cg) {
+	if c.stuck > 0 {
+		klog.Infof("cgroup %s: nothing-to-kill episode over after %d looks", c.rel, c.stuck)
+		c.stuck = 0
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func sub(a, b uint64) uint64 {

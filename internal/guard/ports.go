@@ -78,6 +78,8 @@ type Clock interface{ Now() time.Time }
 type Victim interface {
 	// Inspected is the process as it was looked at.
 	Inspected() kill.Candidate
+	// SetCgroup records the cgroup it was found in at the kill.
+	SetCgroup(rel string)
 	// Kill signals it once and says when.
 	Kill() (time.Time, error)
 	// Close gives it up unkilled.
@@ -102,6 +104,15 @@ type Killer interface {
 	// FateOf tells what became of a process seen earlier: killed by
 	// SIGKILL, exited, vanished without a trace or still running.
 	FateOf(c kill.Candidate) kill.Fate
+	// Exited tells whether a process has exited (gone, PID reused, or a
+	// zombie): its memory is freed.
+	Exited(c kill.Candidate) bool
+	// ExitFd opens an fd (a pidfd) that turns readable when c exits;
+	// kill.ErrGone if it has. The caller closes it.
+	ExitFd(c kill.Candidate) (int, error)
+	// Recheck says where a chosen victim is now, and whether it still
+	// runs: asked at the moment of the kill.
+	Recheck(c kill.Candidate) (kill.Now, error)
 }
 
 // Reporter takes the loop's facts, of which one stage (package reconcile)

@@ -47,6 +47,7 @@ func (g *Guard) onEarly(c *cg) {
 
 // prepare does the slow part of a kill ahead of need.
 func (g *Guard) prepare(c *cg, usage uint64) {
+	start := time.Now()
 	g.dropPrep(c)
 	stat, err := c.files.Stat()
 	if err != nil {
@@ -61,12 +62,8 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		c.seen = nil // a fresh look: forget processes seen in an earlier episode
 	}
 	c.remember(cands)
-	cands, wait := g.awaitDying(c, cands)
-	if wait {
-		return
-	}
-	best, ok := kill.Choose(cands, g.self)
-	if !ok {
+	best, why := g.pick(cands, false)
+	if why != "" {
 		return
 	}
 	target, err := g.killer.Open(best)
@@ -74,8 +71,8 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		return
 	}
 	c.prep = &prepared{at: g.clock.Now(), usage: usage, reclaimable: stat.Reclaimable, statText: stat.Text, target: target}
-	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready",
-		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm)
+	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready in %v",
+		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm, time.Since(start).Round(time.Microsecond))
 }
 
 // validPrep returns the cgroup's preparation if it is recent; else it drops it.

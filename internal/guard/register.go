@@ -147,6 +147,7 @@ func (g *Guard) installGuard(c *cg, r *registration) bool {
 	g.endRetries(c)
 	g.setSoftLimit(c)
 	klog.V(3).Infof("guard %s: limit %s, threshold %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
+	g.sayOddLimit(c, r)
 	// The kernel signals crossings only: a cgroup already above its new
 	// threshold would never be noticed, so look at it now.
 	c.recheckAt = g.clock.Now()
@@ -168,8 +169,18 @@ func (g *Guard) installRearm(c *cg, r *registration) bool {
 	c.thw, c.earlyw, c.threshold, c.early, c.armedLimit = r.thw, r.earlyw, r.threshold, r.early, r.limit
 	g.setSoftLimit(c)
 	klog.V(2).Infof("cgroup %s: limit now %s, threshold moved to %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
+	g.sayOddLimit(c, r)
 	c.recheckAt = g.clock.Now()
 	return true
+}
+
+// sayOddLimit gives a limit too small for the minimum margin one line:
+// its threshold is half the limit, not limit - margin.
+func (g *Guard) sayOddLimit(c *cg, r *registration) {
+	if r.limit-r.threshold < g.cfg.MinMargin {
+		klog.Infof("cgroup %s: limit %s is below twice --min-margin (%s): threshold at half the limit, %s; early threshold %s",
+			c.rel, bytesMiB(r.limit), bytesMiB(g.cfg.MinMargin), bytesMiB(r.threshold), bytesMiB(r.early))
+	}
 }
 
 // logStarted says, once, when the cgroups found at the start are guarded.
@@ -267,6 +278,7 @@ func (g *Guard) unguard(c *cg) {
 	g.closeWatch(c.earlyw)
 	g.closeWatch(c.oomw)
 	g.dropPrep(c)
+	g.endCooldown(c)
 	c.files.Close()
 	c.thw, c.earlyw, c.oomw, c.files = nil, nil, nil, nil
 	c.recheckAt, c.oomCheckAt, c.seen = time.Time{}, time.Time{}, nil

@@ -13,12 +13,16 @@ import (
 // v2 tripwire (Config.HighTripwire) where memory.high is not somebody else's.
 func (g *Guard) setSoftLimit(c *cg) {
 	if !g.cfg.OpenSoftLimit && !g.tripwire() {
+		g.restoreRecorded(c)
 		return
 	}
 	v, err := g.mem.SoftLimit(c.rel)
 	if err != nil {
 		g.warnUnlessGone(c, "read soft limit", err)
 		return
+	}
+	if !c.softLimitSaved {
+		v = g.recordedOriginal(c, v) // a dead guard's value is not the operator's (record.go)
 	}
 	if !g.cfg.OpenSoftLimit {
 		if v, err = g.tripwireBefore(c, v); err != nil {
@@ -30,8 +34,12 @@ func (g *Guard) setSoftLimit(c *cg) {
 	if !c.softLimitSaved {
 		c.softLimit, c.softLimitSaved = v, true
 	}
+	if err := g.recordWrite(c, c.softLimit, pageFloor(c.threshold)); err != nil {
+		klog.Warningf("cgroup %s: soft limit not set: %v", c.rel, err)
+		return
+	}
 	if err := g.mem.SetSoftLimit(c.rel, c.threshold); err != nil {
-		g.warnUnlessGone(c, "set soft limit", err)
+		g.warnUnlessGone(c, fmt.Sprintf("the kernel refused the soft limit %s (left at %s)", bytesMiB(c.threshold), bytesMiB(v)), err)
 		return
 	}
 	c.softLimitSet = pageFloor(c.threshold)
@@ -77,6 +85,7 @@ func (g *Guard) restoreSoftLimit(c *cg) {
 	now, err := g.mem.SoftLimit(c.rel)
 	if err == nil && now != c.softLimitSet {
 		klog.V(2).Infof("cgroup %s: soft limit changed to %s by somebody else while guarded; not restoring %s", c.rel, bytesMiB(now), bytesMiB(c.softLimit))
+		g.recordRestored(c)
 		return
 	}
 	if err == nil {
@@ -84,7 +93,9 @@ func (g *Guard) restoreSoftLimit(c *cg) {
 	}
 	if err != nil && !cgroup.IsNotExist(err) {
 		klog.Warningf("cgroup %s: restore soft limit: %v", c.rel, err)
+		return // the record stays: a successor tries again
 	}
+	g.recordRestored(c)
 }
 
 // pageFloor is bytes as the kernel keeps a memory limit: in whole pages.

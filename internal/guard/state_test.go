@@ -92,15 +92,24 @@ func TestStateMachine(t *testing.T) {
 					t.Error("no recheck while standing down")
 				}
 			}},
-		{name: "one spike, one kill: a second crossing while cooling kills nothing, after the cooldown it does",
+		{name: "one spike, one kill: while the victim dies the cgroup cools down; once it is gone a crossing is a new spike",
 			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
 				g.dispatch(c.thw.Fd(), k.advance(time.Millisecond))
 				if n := len(k.killed); n != 1 {
-					t.Fatalf("%d kills while cooling, want 1", n)
+					t.Fatalf("%d kills while the victim dies, want 1", n)
 				}
-				g.runTimers(k.advance(g.cfg.GuardInterval))
+				k.set(func() { k.procs[bigPid].alive = false }) // reaped
+				g.dispatch(c.thw.Fd(), k.advance(time.Millisecond))
 			},
 			killed: []int{bigPid, smallPid}, reasons: []event.Reason{event.KillProcess, event.KillProcess}},
+		{name: "a victim still dying after --guard-ms holds off another kill, as the kernel's OOM killer waits",
+			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
+				g.runTimers(k.advance(g.cfg.GuardInterval))
+				if c.stuck == 0 {
+					t.Error("not waiting for the dying victim")
+				}
+			},
+			killed: []int{bigPid}, reasons: []event.Reason{event.KillProcess}},
 		{name: "noop: reported once per episode", policy: PolicyNoop,
 			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
 				g.runTimers(k.advance(g.cfg.GuardInterval)) // still above: same episode

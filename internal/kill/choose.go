@@ -24,12 +24,13 @@ func Eligible(c Candidate, self int) bool {
 }
 
 // Choose picks the victim the kernel's cgroup OOM killer would: the highest
-// score (see Score); on a tie, the larger resident set.
+// score (see Score); on a tie, the larger resident set. A dying candidate
+// (Candidate.Dying) is never chosen: it was killed already.
 func Choose(cands []Candidate, self int) (Candidate, bool) {
 	var best Candidate
 	found := false
 	for _, c := range cands {
-		if !Eligible(c, self) {
+		if !Eligible(c, self) || c.Dying {
 			continue
 		}
 		if !found || c.OOMScore > best.OOMScore ||

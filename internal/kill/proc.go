@@ -36,8 +36,9 @@ type Candidate struct {
 	OOMScore int
 	Status   Status
 	Cgroup   string // the cgroup (relative path) the process was found in
-	// Dying: killed (SIGKILL pending, or exiting of it) when inspected;
-	// its memory is coming back.
+	// Dying: killed (SIGKILL pending, exiting of it, exit code SIGKILL),
+	// exiting or a zombie when inspected. It is never chosen (Choose):
+	// its memory is on its way back already.
 	Dying bool
 }
 
@@ -129,7 +130,7 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	if c.Comm, c.StartTime, err = ParseStat(data); err != nil {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "stat"), err)
 	}
-	c.Dying = killedExiting(data)
+	c.Dying = statDying(data) || killedExiting(data)
 	if data, err = p.read(pid, "oom_score_adj", buf[:]); err != nil {
 		return c, err
 	}

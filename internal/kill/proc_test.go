@@ -124,3 +124,24 @@ func TestKillPending(t *testing.T) {
 		}
 	}
 }
+
+// A process killed and not yet exiting shows SIGKILL pending in stat too.
+func TestStatKillPending(t *testing.T) {
+	// Fields after "(comm)": state is field 3, signal field 31.
+	fields := make([]string, 0, 50)
+	for i := 3; i <= 52; i++ {
+		fields = append(fields, "0")
+	}
+	fields[0] = "R"
+	mk := func(sig string) []byte {
+		f := append([]string(nil), fields...)
+		f[31-3] = sig
+		return []byte("12 (a b) " + strings.Join(f, " "))
+	}
+	if statKillPending(mk("0")) || statKillPending(mk("255")) {
+		t.Fatal("no SIGKILL pending read as pending")
+	}
+	if !statKillPending(mk("256")) || !statKillPending(mk("16640")) {
+		t.Fatal("SIGKILL pending not seen")
+	}
+}

@@ -213,6 +213,10 @@ func (t *Target) closeProcfd() {
 // Inspected is the process as it was looked at when chosen.
 func (t *Target) Inspected() Candidate { return t.Candidate }
 
+// SetCgroup records the cgroup the victim was found in when it was
+// checked again at its kill.
+func (t *Target) SetCgroup(rel string) { t.Cgroup = rel }
+
 // Close gives up a Target that will not be killed.
 func (t *Target) Close() {
 	if t == nil {

@@ -1,0 +1,214 @@
+package guard
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"k8s.io/klog/v2"
+)
+
+// What the guard writes into a cgroup (the v1 soft limit, v2 memory.high)
+// is recorded in a file that outlives it (Config.StateFile; the DaemonSet
+// keeps it on the node, in /run, which a reboot empties along with every
+// cgroup), before the write: a guard that dies (SIGKILL, OOM, a node
+// agent's restart) without restoring leaves the record, and the next guard
+// restores the operator's value, not its predecessor's threshold.
+//
+// A record is keyed by the cgroup's path and names its directory's inode,
+// so a cgroup removed and made again under the same name is not taken for
+// the one recorded. Where the record and the cgroup disagree:
+//   - the inode differs (or the cgroup is gone): the record is of another
+//     cgroup; it is dropped, and the value found is the operator's;
+//   - the value found is not the one recorded as written: somebody changed
+//     it since the dead guard wrote it; theirs is newer, so it is the value
+//     to restore (said in one line);
+//   - the value found is the one written: the dead guard's; the recorded
+//     original is the value to restore.
+//
+// The file is a log of JSON lines, one per write or restore, appended
+// without fsync (a process's writes survive its death; a node's crash
+// empties /run and the cgroups alike) and compacted when a guard starts.
+// Without a usable file (none configured, or it cannot be written) the
+// guard works as before: the value found at the start is taken as the
+// operator's, and the v2 tripwire's own rule (memory.high at the threshold
+// is a dead guard's) still applies.
+
+// limitRecord is one cgroup's entry: the inode of its directory, the value
+// found before the guard wrote (Original) and what it wrote (Written).
+type limitRecord struct {
+	Path     string `json:"path"`
+	Ino      uint64 `json:"ino"`
+	Original uint64 `json:"original"`
+	Written  uint64 `json:"written"`
+	Drop     bool   `json:"drop,omitempty"`
+}
+
+type records struct {
+	f *os.File
+	m map[string]limitRecord
+}
+
+// openRecords reads the record file (if any), compacts it, and keeps it
+// open for appending.
+func openRecords(name string) (*records, error) {
+	if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
+		return nil, err
+	}
+	r := &records{m: map[string]limitRecord{}}
+	if f, err := os.Open(name); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var rec limitRecord
+			if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Path == "" {
+				continue // a line cut short by a death mid-write
+			}
+			if rec.Drop {
+				delete(r.m, rec.Path)
+			} else {
+				r.m[rec.Path] = rec
+			}
+		}
+		f.Close()
+	} else if !os.IsNotExist(err) {
+		return nil, err
+	}
+	tmp := name + ".new"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	w := bufio.NewWriter(f)
+	for _, rec := range r.m {
+		line, _ := json.Marshal(rec)
+		_, _ = w.Write(append(line, '\n'))
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	f.Close()
+	if err := os.Rename(tmp, name); err != nil {
+		return nil, err
+	}
+	if r.f, err = os.OpenFile(name, os.O_APPEND|os.O_WRONLY, 0o600); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *records) append(rec limitRecord) error {
+	line, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if _, err := r.f.Write(append(line, '\n')); err != nil {
+		return err
+	}
+	if rec.Drop {
+		delete(r.m, rec.Path)
+	} else {
+		r.m[rec.Path] = rec
+	}
+	return nil
+}
+
+func (r *records) close() {
+	if r != nil && r.f != nil {
+		r.f.Close()
+	}
+}
+
+func dirInode(path string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// recordedOriginal is the value to restore for c given the value found
+// now, as the record of a dead guard says (see above); found if none.
+func (g *Guard) recordedOriginal(c *cg, found uint64) uint64 {
+	if g.records == nil {
+		return found
+	}
+	abs := g.absPath(c.rel)
+	rec, ok := g.records.m[abs]
+	if !ok {
+		return found
+	}
+	ino, err := dirInode(abs)
+	switch {
+	case err != nil || ino != rec.Ino:
+		_ = g.records.append(limitRecord{Path: abs, Drop: true})
+		return found
+	case found == rec.Written:
+		klog.Infof("cgroup %s: soft limit %s was set by a guard that did not restore it: %s is the value to restore", c.rel, bytesMiB(found), bytesMiB(rec.Original))
+		return rec.Original
+	default:
+		klog.Infof("cgroup %s: soft limit changed to %s since a previous guard set %s: kept as the value to restore (not %s)",
+			c.rel, bytesMiB(found), bytesMiB(rec.Written), bytesMiB(rec.Original))
+		return found
+	}
+}
+
+// recordWrite records, before the guard writes written into c, the value
+// to restore. An error means the write must not be made: it would be a
+// change no successor could undo.
+func (g *Guard) recordWrite(c *cg, original, written uint64) error {
+	if g.records == nil {
+		return nil
+	}
+	abs := g.absPath(c.rel)
+	ino, err := dirInode(abs)
+	if err != nil {
+		return err
+	}
+	if rec, ok := g.records.m[abs]; ok && rec.Ino == ino && rec.Original == original && rec.Written == written {
+		return nil
+	}
+	if err := g.records.append(limitRecord{Path: abs, Ino: ino, Original: original, Written: written}); err != nil {
+		return fmt.Errorf("record in %s: %w", g.records.f.Name(), err)
+	}
+	return nil
+}
+
+// recordRestored drops c's record: its value is restored, or no longer
+// the guard's to restore.
+func (g *Guard) recordRestored(c *cg) {
+	if g.records == nil {
+		return
+	}
+	abs := g.absPath(c.rel)
+	if _, ok := g.records.m[abs]; ok {
+		if err := g.records.append(limitRecord{Path: abs, Drop: true}); err != nil {
+			klog.Warningf("cgroup %s: drop its record: %v", c.rel, err)
+		}
+	}
+}
+
+// restoreRecorded puts back a value a dead guard left in c and recorded,
+// when this guard sets none there itself (another configuration).
+func (g *Guard) restoreRecorded(c *cg) {
+	if g.records == nil {
+		return
+	}
+	if _, ok := g.records.m[g.absPath(c.rel)]; !ok {
+		return
+	}
+	v, err := g.mem.SoftLimit(c.rel)
+	if err != nil {
+		return
+	}
+	if orig := g.recordedOriginal(c, v); orig != v {
+		if err := g.mem.SetSoftLimit(c.rel, orig); err != nil {
+			klog.Warningf("cgroup %s: restore the soft limit a previous guard left: %v", c.rel, err)
+			return
+		}
+	}
+	g.recordRestored(c)
+}
