@@ -562,6 +562,8 @@ func TestInotifyReset(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	cfg := testConfig()
 	cfg.InotifyReset = 100 * time.Millisecond
+	// The reset is under test, not the race: a margin the kill cannot miss.
+	cfg.MinMargin, cfg.MaxMargin = 16<<20, 30<<20
 	sink := startGuard(t, cg, cfg)
 	time.Sleep(350 * time.Millisecond) // three resets
 	rel := cg.Child(t, "after-reset", 64<<20)
