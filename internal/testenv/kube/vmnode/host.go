@@ -126,9 +126,18 @@ func Run(t *testing.T, pkg string, opts Options) *vm.Result {
 		}
 	}
 	// The node's address in NetNS, which QEMU forwards into the guest: the
-	// API server reaches the kubelet at the node's InternalIP.
-	if out, err := exec.Command("ip", "-n", kube.NetNS, "addr", "replace", kube.VMNodeIP+"/32", "dev", "lo").CombinedOutput(); err != nil {
-		t.Fatalf("ip addr: %v: %s", err, out)
+	// API server reaches the kubelet at the node's InternalIP. Its local
+	// route says to send from 127.0.0.1: slirp shows the guest a
+	// forwarded connection from its gateway only when it comes from a
+	// loopback address, and otherwise from the address it came from,
+	// which would be the guest's own.
+	for _, args := range [][]string{
+		{"addr", "replace", kube.VMNodeIP + "/32", "dev", "lo"},
+		{"route", "replace", "local", kube.VMNodeIP, "dev", "lo", "table", "local", "scope", "host", "src", "127.0.0.1"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"-n", kube.NetNS}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
 	}
 	client, err := c.Client()
 	if err != nil {

@@ -49,7 +49,8 @@ func TestGuestNodeRunsAPod(t *testing.T) {
 		},
 	}
 	t0 := time.Now()
-	if _, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	created, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -69,11 +70,15 @@ func TestGuestNodeRunsAPod(t *testing.T) {
 	t.Logf("pod created to Succeeded: %v", time.Since(t0).Round(100*time.Millisecond))
 	logs, err := n.Kubectl(ctx, nil, "logs", pod.Name)
 	t.Logf("logs: %s", logs)
-	if err != nil || !strings.Contains(logs, kube.Version) || !strings.Contains(logs, "0::/kubepods/") {
-		t.Errorf("want the pod in a v2 kubepods cgroup and the API server's version from the Service address: %q, %v", logs, err)
+	// 0::/ : a v2 runtime gives the container a cgroup namespace of its own.
+	if err != nil || !strings.Contains(logs, kube.Version) || !strings.Contains(logs, "0::/\n") {
+		t.Errorf("want the pod on cgroup v2 and the API server's version from the Service address: %q, %v", logs, err)
 	}
-	if _, err := os.Stat(filepath.Join(vmnode.PodCgroupRoot, "cgroup.subtree_control")); err != nil {
-		t.Error(err)
+	// The kubelet's QoS tree, with the memory controller for the pods (a
+	// pod's own cgroup goes when it has completed).
+	if b, err := os.ReadFile(filepath.Join(vmnode.PodCgroupRoot, "besteffort", "cgroup.subtree_control")); err != nil || !strings.Contains(string(b), "memory") {
+		t.Errorf("%s/besteffort/cgroup.subtree_control: %q, %v; want memory", vmnode.PodCgroupRoot, b, err)
 	}
+	t.Logf("pod %s ran on %s", created.UID, created.Spec.NodeName)
 	_ = client.CoreV1().Pods("default").Delete(ctx, pod.Name, metav1.DeleteOptions{})
 }
