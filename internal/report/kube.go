@@ -228,7 +228,13 @@ func kubeMessage(ev event.Event, onPod bool) string {
 	case event.KillProcess:
 		msg = fmt.Sprintf("oom-guard killed %s%s before the kernel's OOM killer: %s, policy process", victims, in, usageText(ev))
 	case event.KillContainer:
-		msg = fmt.Sprintf("oom-guard killed the container%s (%s) before the kernel's OOM killer: %s, policy container", in, victims, usageText(ev))
+		policy := "policy container"
+		if ev.Policy == "Process" {
+			// The process policy kills a whole memory.oom.group (the
+			// kubelet's on every v2 container) as the kernel would.
+			policy = "policy process, the whole container because memory.oom.group is set on it (the kernel would have killed all of it)"
+		}
+		msg = fmt.Sprintf("oom-guard killed the container%s (%s) before the kernel's OOM killer: %s, %s", in, victims, usageText(ev), policy)
 	case event.WouldKill:
 		msg = fmt.Sprintf("oom-guard would have killed %s%s: %s, policy noop (nothing killed)", victims, in, usageText(ev))
 	case event.ChildOOM:

@@ -86,6 +86,15 @@ func TestKubeMessage(t *testing.T) {
 			t.Errorf("%s: the pod's message %q carries a cgroup path", tc.reason, msg)
 		}
 	}
+	// On cgroup v2 the process policy kills a whole memory.oom.group
+	// container (found on the first real v2 node): the message must not
+	// claim the container policy, and says why all of it died.
+	group := podEvent(event.KillContainer, 16481)
+	group.Policy = "Process"
+	if msg := kubeMessage(group, true); strings.Contains(msg, "policy container") ||
+		!strings.Contains(msg, "policy process, the whole container because memory.oom.group is set") {
+		t.Errorf("process policy, memory.oom.group kill: message %q", msg)
+	}
 	onNode := kubeMessage(podEvent(event.KillProcess, 1), false)
 	if !strings.HasSuffix(onNode, "[pod shop/web-1, cgroup "+seedEvent().ProcCgroup+"]") {
 		t.Errorf("the node's message %q does not say where", onNode)
