@@ -113,6 +113,7 @@ func TestV2KubeInstallReportUninstall(t *testing.T) {
 	t.Run("ResizeMovesTheThreshold", e.testResize)
 	t.Run("Seed003SingleProcessOOMKill", e.testSeed003Single)
 	t.Run("UninstallLeavesNothing", func(t *testing.T) { e.testUninstall(t, bystander, before) })
+	t.Run("MemoryQoSOwnsMemoryHigh", e.testMemoryQoS)
 	e.figure(t, "whole test in the VM: %v (node start included)", time.Since(start).Round(time.Second)+n.Startup.Round(time.Second))
 }
 
@@ -374,6 +375,59 @@ func (e *v2env) testUninstall(t *testing.T, bystander *corev1.Pod, before map[st
 	})
 }
 
+// testMemoryQoS: with the kubelet's MemoryQoS (alpha), the kubelet puts
+// a container's memory.high at request + 0.9 x (limit - request), below
+// the guard's threshold. The guard, installed again, leaves it alone (no
+// tripwire), still kills the leak at its threshold before the kernel, and
+// when uninstalled leaves the kubelet's value where it was.
+func (e *v2env) testMemoryQoS(t *testing.T) {
+	d := e.node.RestartKubelet(t, vmnode.KubeletConfig{SingleProcessOOMKill: true, FeatureGates: map[string]bool{"MemoryQoS": true}})
+	e.figure(t, "kubelet restarted with MemoryQoS, node Ready again in %v", d.Round(100*time.Millisecond))
+	pod := e.startPod(t, "memqos", leakScript, burstable("32Mi", "64Mi"), false)
+	_, ctrCg := v2Cgroups(t, pod)
+	kubeletHigh := readTrim(t, ctrCg, "memory.high")
+	qos := memoryQoSHigh(32<<20, 64<<20)
+	want := strconv.FormatUint(qos, 10)
+	if kubeletHigh != want {
+		t.Fatalf("%s/memory.high = %s under MemoryQoS, want the kubelet's %s", ctrCg, kubeletHigh, want)
+	}
+	e.install(t)
+	time.Sleep(2 * time.Second) // the guard has walked and armed by now (it said it is guarding)
+	if got := readTrim(t, ctrCg, "memory.high"); got != kubeletHigh {
+		t.Fatalf("memory.high %s with the guard installed, want the kubelet's %s left alone", got, kubeletHigh)
+	}
+	t0 := time.Now()
+	if _, err := e.node.Kubectl(context.Background(), nil, "exec", pod.Name, "--", "touch", "/tmp/go"); err != nil {
+		t.Fatal(err)
+	}
+	ev := e.waitPodEvent(t, pod, "awk", event.KillProcess)
+	took := time.Since(t0)
+	t.Logf("event %s: %s", ev.Reason, ev.Message)
+	if n := v2Events(t, ctrCg)["oom_kill"]; n != 0 {
+		t.Errorf("the kernel OOM-killed %d process(es) in %s", n, ctrCg)
+	}
+	events := v2Events(t, ctrCg)
+	t.Logf("%s/memory.events: %v", ctrCg, events)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if _, err := e.node.Kubectl(ctx, e.manifest, "delete", "--wait=true", "--timeout=180s", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(ctx, func() error {
+		if pids := processesNamed("oom-guard"); len(pids) > 0 {
+			return fmt.Errorf("oom-guard processes still run: %v", pids)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTrim(t, ctrCg, "memory.high"); got != kubeletHigh {
+		t.Errorf("memory.high %s after the uninstall, want the kubelet's %s", got, kubeletHigh)
+	}
+	e.figure(t, "MemoryQoS: the kubelet's memory.high %s left alone (no tripwire); leak killed at the threshold %v after its start: %s, memory.events high %d, oom_kill 0; the kubelet's value kept through the uninstall",
+		bytesMiB(qos), took.Round(100*time.Millisecond), ev.Reason, events["high"])
+}
+
 // cgroupFiles reads the files of the pod's and its container's cgroups
 // that a guard could change (and the kubelet sets).
 func cgroupFiles(t *testing.T, pod *corev1.Pod) map[string]string {
@@ -497,7 +551,8 @@ func (e *v2env) waitPodEvent(t *testing.T, pod *corev1.Pod, comm string, reasons
 	})
 	if err != nil {
 		logs, _ := e.node.Kubectl(context.Background(), nil, "-n", "kube-system", "logs", "ds/oom-guard")
-		t.Fatalf("%v\nthe guard's log:\n%s", err, logs)
+		onNode, _ := e.node.Kubectl(context.Background(), nil, "get", "events", "-A", "--field-selector", "involvedObject.kind=Node")
+		t.Fatalf("%v\nthe guard's log:\n%s\nevents on the node:\n%s", err, logs, onNode)
 	}
 	if want := "spec.containers{app}"; found.InvolvedObject.FieldPath != want {
 		t.Errorf("event's sub-object %q, want %q", found.InvolvedObject.FieldPath, want)
@@ -634,6 +689,12 @@ func pollFor(d time.Duration, check func() error) error {
 func threshold(limit uint64) uint64 {
 	margin := min(max(uint64(float64(limit)*0.02), 1<<20), 30<<20)
 	return limit - margin
+}
+
+// memoryQoSHigh is the kubelet's memory.high under MemoryQoS, with its
+// default memoryThrottlingFactor 0.9.
+func memoryQoSHigh(request, limit uint64) uint64 {
+	return pageFloor(uint64(float64(request) + float64(limit-request)*0.9))
 }
 
 func pageFloor(b uint64) uint64 { return b / 4096 * 4096 }
