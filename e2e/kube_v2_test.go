@@ -191,16 +191,16 @@ func (e *v2env) testGuardKillsFirst(t *testing.T) {
 		}
 	}
 	rc := e.waitRestart(t, pod, 1)
-	e.figure(t, "leak (Burstable, 64Mi): %s, %d restart(s), memory.events oom_kill 0 in pod and container", ev.Reason, rc)
+	e.figure(t, "leak (Burstable, 64Mi): %s at %s threshold, %d restart(s), memory.events oom_kill 0 in pod and container", ev.Reason, whichCgroup(ev, podCg), rc)
 }
 
 // testSeed003Group: the seed-003 pod under the kubelet's default
-// memory.oom.group=1. dd's 200 MiB come in one read(2), inside which the
-// tripwire cannot hold it (memory.high throttles on the way back to user
-// space), so the kernel kills, and kills the whole container: one
-// CgroupOOM naming it, the container restarted, and no
-// ContainerChildOOMKilled (there is no child left alive). The guard may
-// also win the race: then it kills the whole container too.
+// memory.oom.group=1. Whoever kills dd kills the whole container: the
+// kernel (one CgroupOOM naming it) or, as measured every time, the guard
+// (dd's 200 MiB come in one read(2), but the tripwire throttles it in
+// there: the kernel reclaims for memory.high inside the charge once the
+// overage passes a batch, and the read stops at a pending SIGKILL). The
+// container restarts; no ContainerChildOOMKilled (no child is left alive).
 func (e *v2env) testSeed003Group(t *testing.T) {
 	pod := e.startPod(t, "seed003-group", seed003Script, burstable("32Mi", "64Mi"), true)
 	_, ctrCg := v2Cgroups(t, pod)
@@ -273,15 +273,7 @@ func (e *v2env) testGuaranteed(t *testing.T) {
 			t.Errorf("the kernel OOM-killed %d process(es) in %s", n, cg)
 		}
 	}
-	var seed struct {
-		OOMCgroup string `json:"oomcgroup"`
-	}
-	_ = json.Unmarshal([]byte(ev.Annotations[report.KubeEventAnnotation]), &seed)
-	which := "the container's"
-	if seed.OOMCgroup == podCg {
-		which = "the pod's"
-	}
-	e.figure(t, "Guaranteed pod: memory.max 64Mi on the pod cgroup and the container's, tripwire on both; leak: %s at %s threshold, oom_kill 0", ev.Reason, which)
+	e.figure(t, "Guaranteed pod: memory.max 64Mi on the pod cgroup and the container's, tripwire on both; leak: %s at %s threshold, oom_kill 0", ev.Reason, whichCgroup(ev, podCg))
 }
 
 // testResize: an in-place resize of the container's memory limit (the
@@ -384,7 +376,7 @@ func (e *v2env) testMemoryQoS(t *testing.T) {
 	d := e.node.RestartKubelet(t, vmnode.KubeletConfig{SingleProcessOOMKill: true, FeatureGates: map[string]bool{"MemoryQoS": true}})
 	e.figure(t, "kubelet restarted with MemoryQoS, node Ready again in %v", d.Round(100*time.Millisecond))
 	pod := e.startPod(t, "memqos", leakScript, burstable("32Mi", "64Mi"), false)
-	_, ctrCg := v2Cgroups(t, pod)
+	podCg, ctrCg := v2Cgroups(t, pod)
 	kubeletHigh := readTrim(t, ctrCg, "memory.high")
 	qos := memoryQoSHigh(32<<20, 64<<20)
 	want := strconv.FormatUint(qos, 10)
@@ -424,8 +416,21 @@ func (e *v2env) testMemoryQoS(t *testing.T) {
 	if got := readTrim(t, ctrCg, "memory.high"); got != kubeletHigh {
 		t.Errorf("memory.high %s after the uninstall, want the kubelet's %s", got, kubeletHigh)
 	}
-	e.figure(t, "MemoryQoS: the kubelet's memory.high %s left alone (no tripwire); leak killed at the threshold %v after its start: %s, memory.events high %d, oom_kill 0; the kubelet's value kept through the uninstall",
-		bytesMiB(qos), took.Round(100*time.Millisecond), ev.Reason, events["high"])
+	e.figure(t, "MemoryQoS: the kubelet's memory.high %s left alone (no tripwire); leak killed at %s threshold %v after its start: %s, container's memory.events high %d, oom_kill 0; the kubelet's value kept through the uninstall",
+		bytesMiB(qos), whichCgroup(ev, podCg), took.Round(100*time.Millisecond), ev.Reason, events["high"])
+}
+
+// whichCgroup says whose threshold the guard's event was for: the pod's
+// or the container's.
+func whichCgroup(ev *corev1.Event, podCg string) string {
+	var seed struct {
+		OOMCgroup string `json:"oomcgroup"`
+	}
+	_ = json.Unmarshal([]byte(ev.Annotations[report.KubeEventAnnotation]), &seed)
+	if seed.OOMCgroup == podCg {
+		return "the pod's"
+	}
+	return "the container's"
 }
 
 // cgroupFiles reads the files of the pod's and its container's cgroups
