@@ -32,9 +32,11 @@
 // time is a failure of the host test, with the tail of the kernel console.
 //
 // In the VM: everything runs as root in the root cgroup; there is no swap,
-// no network but loopback, and / is the initramfs (tmpfs: its pages are
-// shmem, not reclaimable page cache; set Options.DiskMiB for an ext4 /tmp on
-// a virtual disk). The package's testdata directory is copied in and is the
+// no network but loopback (Options.Net adds QEMU's user-mode network), and
+// / is the initramfs (tmpfs: its pages are shmem, not reclaimable page
+// cache; set Options.DiskMiB for an ext4 /tmp on a virtual disk). Host
+// directories can be shared in read-only (Options.Shares, virtio-9p):
+// package kube/vmnode runs a kubelet node from the host's own binaries so. The package's testdata directory is copied in and is the
 // test binary's working directory's testdata, as under go test. The
 // environment is OOMGUARD_VM=1, OOMGUARD_VM_OUT, CI (passed through from the
 // host, so testenv.Skip fails on CI in the VM too), PATH, HOME, TMPDIR and
