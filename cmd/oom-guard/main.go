@@ -168,6 +168,14 @@ func newRuntimes(o *options) runtimes {
 	for _, s := range o.criSockets {
 		c := identity.NewCRI(s)
 		resolvers, rt.stoppers, closers = append(resolvers, c), append(rt.stoppers, c), append(closers, c.Close)
+		// Off the start-up path: an absent runtime costs nothing but this.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := c.Warm(ctx); err != nil {
+				klog.V(2).Infof("runtime %s: %v", s, err)
+			}
+		}()
 	}
 	if len(resolvers) == 0 {
 		return rt
