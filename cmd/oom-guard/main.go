@@ -181,7 +181,9 @@ func newRuntimes(o *options) runtimes {
 		return rt
 	}
 	cached := identity.NewCached(0, 0, resolvers...)
-	cached.Timeout = o.runtimeTimeout
+	// The names are for the reports, off the kill path: a lookup gets at
+	// least 2 s (a stop through the runtime still gets --runtime-timeout-ms).
+	cached.Timeout = max(o.runtimeTimeout, 2*time.Second)
 	rt.inspector = cached
 	rt.close = func() {
 		for _, c := range closers {

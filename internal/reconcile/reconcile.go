@@ -362,7 +362,7 @@ func (r *Reconciler) enrich(ev *event.Event) {
 	ev.Identity = event.Identity{Runtime: id.Runtime, ContainerID: id.ContainerID, PodUID: id.PodUID}
 	var info identity.Info
 	if r.cfg.Inspector != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), inspectBudget)
 		got, err := r.cfg.Inspector.Inspect(ctx, id)
 		cancel()
 		if err == nil {
@@ -377,6 +377,13 @@ func (r *Reconciler) enrich(ev *event.Event) {
 	}
 	ev.Message = describe(*ev)
 }
+
+// inspectBudget is how long an event waits for the runtime to name its
+// container and pod (off the kill path). Seconds, not one: on a busy
+// cgroup v2 node, containerd took longer than one second to answer for a
+// container whose memory.oom.group kill it was handling, and the Event
+// went on the Node for want of the pod's name.
+const inspectBudget = 5 * time.Second
 
 // fillFrom is got, with what it lacks taken from the path's identity.
 func fillFrom(got, path event.Identity) event.Identity {

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"bufio"
+	"context"
 	"os"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/identity"
 	"github.com/oom-guard/oom-guard/internal/kmsg"
 )
 
@@ -219,6 +221,32 @@ func TestChildOOMClassification(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A runtime slower than a second still names the event's pod (on a busy
+// cgroup v2 node containerd took longer than that for a container it was
+// restarting, and the Event went on the Node for want of the pod's name).
+func TestSlowRuntimeStillNames(t *testing.T) {
+	const cid = "be62495eb02beef730005b50c8e0e97bc9c8fc5e8afd9796e91e5a39fd28765e"
+	slow := inspectorFunc(func(ctx context.Context, id identity.ID) (identity.Info, error) {
+		select {
+		case <-time.After(1500 * time.Millisecond):
+		case <-ctx.Done():
+			return identity.Info{}, ctx.Err()
+		}
+		return identity.Info{Identity: event.Identity{ContainerName: "app", PodName: "leak", PodNamespace: "default"}}, nil
+	})
+	r, out := newTest(t, Config{Inspector: slow})
+	r.Send(event.Event{Reason: event.KillContainer, ProcCgroup: memRoot + "/docker/" + cid, Killed: "1(x) "})
+	if ev := waitN(t, out, 1)[0]; ev.PodName != "leak" || ev.ContainerName != "app" {
+		t.Fatalf("identity %+v: want the slow runtime's names", ev.Identity)
+	}
+}
+
+type inspectorFunc func(ctx context.Context, id identity.ID) (identity.Info, error)
+
+func (f inspectorFunc) Inspect(ctx context.Context, id identity.ID) (identity.Info, error) {
+	return f(ctx, id)
 }
 
 // A full queue drops and counts; Send never blocks.
