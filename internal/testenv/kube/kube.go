@@ -22,7 +22,9 @@
 //
 // Start-up takes seconds (etcd and containerd in parallel, then the API
 // server, then the rest; images are written, not pulled), so each test
-// binary may have its own cluster. A benchmark or tool uses Start and Stop
+// binary may have its own cluster. With Options.ControlPlaneOnly
+// (RequireControlPlane) there is no node here at all: package vmnode
+// joins one from a cgroup v2 VM. A benchmark or tool uses Start and Stop
 // directly.
 //
 // What it changes on the host, and undoes: the kubelet makes the kubepods
