@@ -189,12 +189,22 @@ func newRuntimes(o *options) runtimes {
 	for _, s := range o.criSockets {
 		c := identity.NewCRI(s)
 		resolvers, rt.stoppers, closers = append(resolvers, c), append(rt.stoppers, c), append(closers, c.Close)
+		// Off the start-up path: an absent runtime costs nothing but this.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := c.Warm(ctx); err != nil {
+				klog.V(2).Infof("runtime %s: %v", s, err)
+			}
+		}()
 	}
 	if len(resolvers) == 0 {
 		return rt
 	}
 	cached := identity.NewCached(0, 0, resolvers...)
-	cached.Timeout = o.runtimeTimeout
+	// The names are for the reports, off the kill path: a lookup gets at
+	// least 2 s (a stop through the runtime still gets --runtime-timeout-ms).
+	cached.Timeout = max(o.runtimeTimeout, 2*time.Second)
 	rt.inspector = cached
 	rt.close = func() {
 		for _, c := range closers {

@@ -42,12 +42,14 @@ type Cached struct {
 }
 
 type entry struct {
-	key     string
-	done    chan struct{} // closed when info and err are final
-	info    Info
-	err     error
-	expires time.Time
-	elem    *list.Element
+	key      string
+	done     chan struct{} // closed when info and err are final
+	info     Info
+	err      error
+	timedOut bool // the lookup ran out of Timeout
+	retry    bool // the lookup is a retry of one that did: not retried again
+	expires  time.Time
+	elem     *list.Element
 }
 
 // NewCached caches what rs tell for ttl (DefaultTTL if <= 0), at most max
@@ -102,15 +104,36 @@ func (c *Cached) Inspect(ctx context.Context, id ID) (Info, error) {
 	if key == "" {
 		return Info{Identity: fromPath(id)}, ErrNothingToResolve
 	}
-	e := c.entryFor(ctx, id, key)
-	select {
-	case <-e.done:
-	case <-ctx.Done():
-		return Info{Identity: fromPath(id)}, ctx.Err()
+	for retried := false; ; retried = true {
+		e := c.entryFor(ctx, id, key, retried)
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+			return Info{Identity: fromPath(id)}, ctx.Err()
+		}
+		// A lookup that ran out of its own Timeout (a runtime slow for a
+		// moment, e.g. a node busy restarting the very container whose kill
+		// is being reported, seen on a cgroup v2 node: the event then went
+		// on the Node for want of the pod's name) is tried once more, not
+		// remembered, for a caller that can still wait.
+		if !retried && !e.retry && e.timedOut && ctx.Err() == nil && timeLeft(ctx) > 100*time.Millisecond {
+			c.mu.Lock()
+			c.remove(e)
+			c.mu.Unlock()
+			continue
+		}
+		info := e.info
+		info.Identity = merge(info.Identity, id)
+		return info, e.err
 	}
-	info := e.info
-	info.Identity = merge(info.Identity, id)
-	return info, e.err
+}
+
+// timeLeft is how long ctx may still wait (an hour: no deadline).
+func timeLeft(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return time.Until(dl)
+	}
+	return time.Hour
 }
 
 // Forget drops what is cached about the ID's container (or pod).
@@ -141,7 +164,7 @@ func cacheKey(id ID) string {
 }
 
 // entryFor returns a fresh or in-flight entry, starting a lookup if needed.
-func (c *Cached) entryFor(ctx context.Context, id ID, key string) *entry {
+func (c *Cached) entryFor(ctx context.Context, id ID, key string, retry bool) *entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[key]; ok {
@@ -156,7 +179,7 @@ func (c *Cached) entryFor(ctx context.Context, id ID, key string) *entry {
 			return e // in flight: share it
 		}
 	}
-	e := &entry{key: key, done: make(chan struct{})}
+	e := &entry{key: key, done: make(chan struct{}), retry: retry}
 	e.elem = c.lru.PushFront(e)
 	c.m[key] = e
 	for c.lru.Len() > c.max {
@@ -170,6 +193,7 @@ func (c *Cached) entryFor(ctx context.Context, id ID, key string) *entry {
 		info, err := c.lookup(lctx, id)
 		c.mu.Lock()
 		e.info, e.err = info, err
+		e.timedOut = err != nil && errors.Is(lctx.Err(), context.DeadlineExceeded)
 		if err != nil {
 			e.expires = c.now().Add(c.NegativeTTL)
 		} else {

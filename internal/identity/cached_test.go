@@ -112,7 +112,8 @@ func TestCachedNegative(t *testing.T) {
 	}
 }
 
-// A runtime that hangs costs one Timeout, then nothing for NegativeTTL.
+// A runtime that hangs costs two Timeouts (the lookup is tried once more),
+// then nothing for NegativeTTL.
 func TestCachedTimeout(t *testing.T) {
 	r := &countingResolver{fn: func(ctx context.Context, id ID) (Info, error) {
 		<-ctx.Done()
@@ -138,6 +139,40 @@ func TestCachedTimeout(t *testing.T) {
 	c.Timeout = time.Second
 	if _, err := c.Resolve(ctx, ID{ContainerID: cid(4)}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("short caller: %v", err)
+	}
+}
+
+// A runtime slow for a moment: the lookup that ran out of Timeout is tried
+// once more for a caller that can still wait, and the second answer is the
+// caller's (on a busy cgroup v2 node, the first lookup of a container just
+// killed timed out, and its Event went on the Node instead of the Pod).
+func TestCachedRetriesATimedOutLookup(t *testing.T) {
+	var slow atomic.Bool
+	slow.Store(true)
+	r := &countingResolver{fn: func(ctx context.Context, id ID) (Info, error) {
+		if slow.Swap(false) {
+			<-ctx.Done()
+			return Info{}, ctx.Err()
+		}
+		return named("app")(ctx, id)
+	}}
+	c := NewCached(time.Minute, 10, r)
+	c.Timeout = 50 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	got, err := c.Resolve(ctx, ID{ContainerID: cid(5)})
+	if err != nil || got.ContainerName != "app" {
+		t.Fatalf("Resolve = %+v, %v; want the second lookup's answer", got, err)
+	}
+	if n := r.calls.Load(); n != 2 {
+		t.Fatalf("%d lookups, want 2", n)
+	}
+	// Not for a caller out of time: its short wait ends first.
+	slow.Store(true)
+	short, cancel2 := context.WithTimeout(context.Background(), 120*time.Millisecond)
+	defer cancel2()
+	if _, err := c.Resolve(short, ID{ContainerID: cid(6)}); err == nil {
+		t.Fatal("a caller with 120 ms got an answer after a 50 ms timeout and no time for a retry")
 	}
 }
 

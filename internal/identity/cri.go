@@ -84,6 +84,22 @@ func (c *CRI) rpc() (runtimeapi.RuntimeServiceClient, error) {
 	return c.client, nil
 }
 
+// Warm connects and learns the runtime's name ahead of the first lookup,
+// which otherwise pays for both: on a busy node (seen on the cgroup v2
+// test node, as its kubelet restarted the container just killed) that
+// first lookup outlasted --runtime-timeout-ms, and the guard's first Event
+// went on the Node for want of the pod's name.
+func (c *CRI) Warm(ctx context.Context) error {
+	rc, err := c.rpc()
+	if err != nil {
+		return err
+	}
+	if c.learnRuntime(ctx, rc) == "" {
+		return fmt.Errorf("cri %s: the runtime did not say its name", c.socket)
+	}
+	return nil
+}
+
 // learnRuntime asks for the runtime's name once, so that Identity.Runtime
 // says which runtime answered. Failure is not fatal: the name is a nicety.
 func (c *CRI) learnRuntime(ctx context.Context, rc runtimeapi.RuntimeServiceClient) string {

@@ -56,6 +56,9 @@ func TestCRIUnreachable(t *testing.T) {
 	if r.Runtime() != "" {
 		t.Fatalf("runtime %q learnt from nobody", r.Runtime())
 	}
+	if err := r.Warm(context.Background()); err == nil || !strings.Contains(err.Error(), sock) {
+		t.Fatalf("Warm with no runtime: %v; want an error naming %s", err, sock)
+	}
 }
 
 func TestVerbosePid(t *testing.T) {
@@ -133,6 +136,10 @@ func TestCRIRealContainerd(t *testing.T) {
 
 	r := NewCRI(ctd.socket)
 	defer r.Close()
+	// Warm connects and learns the runtime before any lookup.
+	if err := r.Warm(ctx); err != nil || r.Runtime() != RuntimeContainerd {
+		t.Fatalf("Warm: %v, runtime %q", err, r.Runtime())
+	}
 
 	// The container: its cgroup path parses, and CRI names it.
 	pid, err := r.InitPid(ctx, ID{ContainerID: cid})

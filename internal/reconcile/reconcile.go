@@ -257,7 +257,7 @@ func (r *Reconciler) enrich(ev *event.Event) identity.Info {
 	if r.cfg.Inspector == nil {
 		return identity.Info{}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), inspectBudget)
 	defer cancel()
 	info, err := r.cfg.Inspector.Inspect(ctx, id)
 	if err != nil {
@@ -267,6 +267,13 @@ func (r *Reconciler) enrich(ev *event.Event) identity.Info {
 	ev.Identity = info.Identity.Or(ev.Identity)
 	return info
 }
+
+// inspectBudget is how long an event waits for the runtime to name its
+// container and pod (off the kill path). Seconds, not one: on a busy
+// cgroup v2 node, containerd took longer than one second to answer for a
+// container whose memory.oom.group kill it was handling, and the Event
+// went on the Node for want of the pod's name.
+const inspectBudget = 5 * time.Second
 
 // childOfRunning: the victim was not the container's init (its pid in its
 // own namespace was not 1, or the runtime names another init) and the

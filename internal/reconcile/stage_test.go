@@ -1,12 +1,14 @@
 package reconcile
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/event"
+	"github.com/oom-guard/oom-guard/internal/identity"
 )
 
 type collector struct {
@@ -225,4 +227,30 @@ func TestStopReportsWhatWaits(t *testing.T) {
 	if evs := out.all(); len(evs) != 1 || evs[0].Reason != event.CgroupOOM {
 		t.Fatalf("%+v", evs)
 	}
+}
+
+// A runtime slower than a second still names the event's pod (on a busy
+// cgroup v2 node containerd took longer than that for a container it was
+// restarting, and the Event went on the Node for want of the pod's name).
+func TestSlowRuntimeStillNames(t *testing.T) {
+	slow := inspectorFunc(func(ctx context.Context, id identity.ID) (identity.Info, error) {
+		select {
+		case <-time.After(1500 * time.Millisecond):
+		case <-ctx.Done():
+			return identity.Info{}, ctx.Err()
+		}
+		return identity.Info{Identity: event.Identity{ContainerName: "app", PodName: "leak", PodNamespace: "default"}}, nil
+	})
+	out := newCollector()
+	r := stageOnly(Config{Inspector: slow}, out)
+	r.take(input{action: &event.Action{Reason: event.KillContainer, ProcCgroup: container, Killed: []event.Process{{Pid: 1, Comm: "x"}}}}, t0)
+	if evs := out.all(); len(evs) != 1 || evs[0].PodName != "leak" || evs[0].ContainerName != "app" {
+		t.Fatalf("events %+v: want the slow runtime's names", evs)
+	}
+}
+
+type inspectorFunc func(ctx context.Context, id identity.ID) (identity.Info, error)
+
+func (f inspectorFunc) Inspect(ctx context.Context, id identity.ID) (identity.Info, error) {
+	return f(ctx, id)
 }

@@ -108,6 +108,12 @@ func (c *Cluster) startStorageAndRuntime(ctx context.Context, logf func(string, 
 	if err != nil {
 		return err
 	}
+	ready := func(ctx context.Context) error {
+		return httpGet(ctx, nsHTTPClient(nil), "http://127.0.0.1:2379/health", "")
+	}
+	if c.noNode {
+		return etcd.waitFor(ctx, ready)
+	}
 	containerd, err := c.startDaemon("containerd", "containerd", "--config="+c.path("containerd.toml"))
 	if err != nil {
 		return err
@@ -121,9 +127,7 @@ func (c *Cluster) startStorageAndRuntime(ctx context.Context, logf func(string, 
 	if err := c.importBaseImages(ctx); err != nil {
 		return err
 	}
-	return etcd.waitFor(ctx, func(ctx context.Context) error {
-		return httpGet(ctx, nsHTTPClient(nil), "http://127.0.0.1:2379/health", "")
-	})
+	return etcd.waitFor(ctx, ready)
 }
 
 func (c *Cluster) startAPIServer(ctx context.Context, _ func(string, ...any)) error {
@@ -164,6 +168,9 @@ func (c *Cluster) startNodeParts(context.Context, func(string, ...any)) error {
 		"--leader-elect=false", "--secure-port=0", "--cert-dir="+c.path("pki", "scheduler"), "--v=1"); err != nil {
 		return err
 	}
+	if c.noNode {
+		return nil
+	}
 	if err := c.saveSysctls(); err != nil {
 		return err
 	}
@@ -180,6 +187,17 @@ func (c *Cluster) waitNodeReady(ctx context.Context, _ func(string, ...any)) err
 	if err != nil {
 		return err
 	}
+	accounts := func(ctx context.Context) error {
+		for _, ns := range []string{"default", "kube-system"} {
+			if _, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if c.noNode {
+		return c.daemon("kube-controller-manager").waitFor(ctx, accounts)
+	}
 	kubelet := c.daemon("kubelet")
 	return kubelet.waitFor(ctx, func(ctx context.Context) error {
 		node, err := client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
@@ -195,12 +213,7 @@ func (c *Cluster) waitNodeReady(ctx context.Context, _ func(string, ...any)) err
 		if !ready {
 			return fmt.Errorf("node %s not Ready", NodeName)
 		}
-		for _, ns := range []string{"default", "kube-system"} {
-			if _, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err != nil {
-				return err
-			}
-		}
-		return nil
+		return accounts(ctx)
 	})
 }
 

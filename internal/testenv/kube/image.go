@@ -160,25 +160,40 @@ func (c *Cluster) Ctr(ctx context.Context, args ...string) (string, error) {
 	return c.ctr(ctx, nil, args...)
 }
 
-// importBaseImages imports the pod sandbox image (a Go program that waits
-// for SIGTERM, built from ./pause) and busybox (Debian's busybox-static).
+// importBaseImages imports the pod sandbox image and busybox (BaseImages).
 func (c *Cluster) importBaseImages(ctx context.Context) error {
-	pauseBin := c.path("pause")
-	if err := BuildStatic(ctx, "github.com/oom-guard/oom-guard/internal/testenv/kube/pause", pauseBin); err != nil {
+	imgs, err := BaseImages(ctx, c.Dir)
+	if err != nil {
 		return err
+	}
+	for _, img := range imgs {
+		if err := c.ImportImage(ctx, img); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BaseImages are the images every node has: the pod sandbox (PauseImage,
+// a Go program that waits for SIGTERM, built from ./pause into work) and
+// BusyboxImage (Debian's busybox-static; missing: ErrMissing).
+func BaseImages(ctx context.Context, work string) ([]Image, error) {
+	pauseBin := filepath.Join(work, "pause")
+	if err := BuildStatic(ctx, "github.com/oom-guard/oom-guard/internal/testenv/kube/pause", pauseBin); err != nil {
+		return nil, err
 	}
 	layer, err := BinaryLayer(pauseBin, "/pause")
 	if err != nil {
-		return err
-	}
-	if err := c.ImportImage(ctx, Image{Name: PauseImage, Layer: layer, Entrypoint: []string{"/pause"}}); err != nil {
-		return err
+		return nil, err
 	}
 	rootfs, err := testenv.BusyboxRootfs()
 	if err != nil {
-		return fmt.Errorf("%w: busybox: %v (apt-get install busybox-static)", ErrMissing, err)
+		return nil, fmt.Errorf("%w: busybox: %v (apt-get install busybox-static)", ErrMissing, err)
 	}
-	return c.ImportImage(ctx, Image{Name: BusyboxImage, Layer: rootfs, Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}})
+	return []Image{
+		{Name: PauseImage, Layer: layer, Entrypoint: []string{"/pause"}},
+		{Name: BusyboxImage, Layer: rootfs, Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}},
+	}, nil
 }
 
 // GuardImage is oom-guard's image: the static binary at /oom-guard (where

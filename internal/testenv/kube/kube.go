@@ -22,7 +22,9 @@
 //
 // Start-up takes seconds (etcd and containerd in parallel, then the API
 // server, then the rest; images are written, not pulled), so each test
-// binary may have its own cluster. A benchmark or tool uses Start and Stop
+// binary may have its own cluster. With Options.ControlPlaneOnly
+// (RequireControlPlane) there is no node here at all: package vmnode
+// joins one from a cgroup v2 VM. A benchmark or tool uses Start and Stop
 // directly.
 //
 // What it changes on the host, and undoes: the kubelet makes the kubepods
@@ -84,6 +86,14 @@ const (
 	apiPort     = 443 // the Service's port too, so that ServiceIP:443 is the API server itself
 	cniNetwork  = "oomguard-kube"
 	cniBridge   = "ogk0"
+	// VMNodeName is the node a VM runs (package vmnode), VMHostIP the
+	// address it reaches NetNS's loopback at (QEMU's user-mode network
+	// maps its gateway there) and VMNodeIP its own, which NetNS holds
+	// too, forwarded into the VM, so that the API server reaches the
+	// kubelet at the node's InternalIP.
+	VMNodeName = "oomguard-vm-node"
+	VMHostIP   = "10.0.2.2"
+	VMNodeIP   = "10.0.2.15"
 	// PodCgroupRoot is the kubelet's pod cgroup tree on the v1 memory
 	// hierarchy (cgroupfs driver, cgroup root /).
 	PodCgroupRoot = "/sys/fs/cgroup/memory/kubepods"
@@ -107,6 +117,7 @@ type Cluster struct {
 	StartupTime time.Duration
 
 	pki      *pki
+	noNode   bool
 	daemons  []*daemon
 	lock     *os.File // the machine-wide lock, held while the cluster lives
 	stopOnce sync.Once
@@ -116,6 +127,10 @@ type Cluster struct {
 type Options struct {
 	// Log receives progress lines (nil: none).
 	Log func(format string, args ...any)
+	// ControlPlaneOnly starts etcd, the API server, the controller
+	// manager and the scheduler, and no node: no containerd, no kubelet
+	// on this machine (a node joins from elsewhere: package vmnode).
+	ControlPlaneOnly bool
 }
 
 // Start brings a cluster up: the node Ready, the default ServiceAccount
@@ -141,7 +156,7 @@ func Start(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: stateDir(), Bin: bin, lock: lock}
+	c := &Cluster{Dir: stateDir(), Bin: bin, lock: lock, noNode: opts.ControlPlaneOnly}
 	c.CRISocket = filepath.Join(c.Dir, "run", "containerd.sock")
 	c.APIServer = fmt.Sprintf("https://%s:%d", NodeIP, apiPort)
 	c.Kubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
@@ -183,6 +198,9 @@ func (c *Cluster) start(logf func(string, ...any)) error {
 		{"kube-apiserver", c.startAPIServer},
 		{"controllers, scheduler, kubelet", c.startNodeParts},
 		{"node ready", c.waitNodeReady},
+	}
+	if c.noNode {
+		steps[2].name, steps[4].name, steps[5].name = "etcd", "controllers, scheduler", "service accounts"
 	}
 	for _, s := range steps {
 		t0 := time.Now()
@@ -274,15 +292,36 @@ var shared struct {
 func Require(t testing.TB) *Cluster {
 	t.Helper()
 	testenv.RequireV1(t)
+	return require(t, false)
+}
+
+// RequireControlPlane is Require for a cluster without this machine's
+// node (Options.ControlPlaneOnly), for a node that joins from a VM. The
+// test binary has one cluster at a time: a cluster of the other kind is
+// stopped first (tests of a package run one after the other).
+func RequireControlPlane(t testing.TB) *Cluster {
+	t.Helper()
+	testenv.RequireRoot(t)
+	return require(t, true)
+}
+
+func require(t testing.TB, controlPlaneOnly bool) *Cluster {
+	t.Helper()
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
+	if shared.c != nil && shared.c.noNode != controlPlaneOnly {
+		if err := shared.c.Stop(); err != nil {
+			t.Fatalf("kube cluster: stopping the one of the other kind: %v", err)
+		}
+		shared.c, shared.err = nil, nil
+	}
 	if shared.c != nil {
 		return shared.c
 	}
 	if shared.err != nil {
 		t.Fatalf("kube cluster: %v", shared.err)
 	}
-	c, err := Start(Options{Log: t.Logf})
+	c, err := Start(Options{Log: t.Logf, ControlPlaneOnly: controlPlaneOnly})
 	if errors.Is(err, ErrMissing) {
 		testenv.Skip(t, err.Error())
 	}
@@ -352,3 +391,18 @@ func lockMachine() (*os.File, error) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// NetNSPath is the cluster's network namespace, for a process to enter
+// (nsenter --net=NetNSPath).
+const NetNSPath = netNSPath
+
+// CACert is the cluster CA's certificate (PEM), which the API server's
+// serving certificate is signed by.
+func (c *Cluster) CACert() []byte { return c.pki.caPEM }
+
+// AdminToken is the admin's bearer token (system:masters).
+func (c *Cluster) AdminToken() string { return c.pki.adminToken }
+
+// VMNodeToken is the bearer token of the kubelet of VMNodeName
+// (system:node:VMNodeName, group system:nodes).
+func (c *Cluster) VMNodeToken() string { return c.pki.vmNodeToken }

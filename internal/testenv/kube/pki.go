@@ -26,6 +26,7 @@ type pki struct {
 	serverPEM, serverKeyPEM []byte
 	saKeyPEM, saPubPEM      []byte
 	adminToken, nodeToken   string
+	vmNodeToken             string // VMNodeName's (package vmnode)
 }
 
 func newPKI() (*pki, error) {
@@ -56,7 +57,9 @@ func newPKI() (*pki, error) {
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(7 * 24 * time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP(NodeIP), net.ParseIP(ServiceIP), net.ParseIP("127.0.0.1")},
+		// VMHostIP: where a node in a VM on QEMU's user-mode network
+		// reaches the namespace's loopback, and so the API server.
+		IPAddresses: []net.IP{net.ParseIP(NodeIP), net.ParseIP(ServiceIP), net.ParseIP("127.0.0.1"), net.ParseIP(VMHostIP)},
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 	}
 	serverDER, err := x509.CreateCertificate(rand.Reader, server, ca, &serverKey.PublicKey, caKey)
@@ -89,6 +92,9 @@ func newPKI() (*pki, error) {
 	if p.nodeToken, err = randomToken(); err != nil {
 		return nil, err
 	}
+	if p.vmNodeToken, err = randomToken(); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -97,7 +103,8 @@ func (p *pki) write(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tokens := fmt.Sprintf("%s,admin,admin,system:masters\n%s,system:node:%s,kubelet,system:nodes\n", p.adminToken, p.nodeToken, NodeName)
+	tokens := fmt.Sprintf("%s,admin,admin,system:masters\n%s,system:node:%s,kubelet,system:nodes\n%s,system:node:%s,vm-kubelet,system:nodes\n",
+		p.adminToken, p.nodeToken, NodeName, p.vmNodeToken, VMNodeName)
 	for name, b := range map[string][]byte{
 		"ca.crt": p.caPEM, "ca.key": p.caKeyPEM, "apiserver.crt": p.serverPEM, "apiserver.key": p.serverKeyPEM,
 		"sa.key": p.saKeyPEM, "sa.pub": p.saPubPEM, "tokens.csv": []byte(tokens),

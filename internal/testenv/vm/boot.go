@@ -158,18 +158,41 @@ func (h *host) run(work, pkg string, opts Options, start, deadline time.Time, hk
 			Args: args, Env: append(env, opts.Env...), Dir: guestSrc, OutDir: guestOut,
 			TestTimeout: remaining - testTimeoutMargin,
 			Timeout:     remaining - initTimeoutMargin,
-			Controllers: []string{"memory"},
+			Controllers: opts.Controllers,
 		},
 	}
 	if st, err := os.Stat(filepath.Join(p.dir, "testdata")); err == nil && st.IsDir() {
 		rfs.testdata = filepath.Join(p.dir, "testdata")
 	}
 	var disk string
+	var roots []string // kernel modules to load
 	if opts.DiskMiB > 0 {
 		if disk, err = makeDisk(ctx, work, opts.DiskMiB); err != nil {
 			return nil, err
 		}
-		mods, err := moduleOrder(h.kernel.modules, "virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+		roots = append(roots, "virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+		rfs.config.Disk, rfs.config.DiskMount = "/dev/vda", "/tmp"
+	}
+	for i, sh := range opts.Shares {
+		if !path.IsAbs(sh.GuestPath) || strings.ContainsAny(sh.HostPath, ",") {
+			return nil, fmt.Errorf("vm: share %+v: the guest path must be absolute and the host path hold no comma", sh)
+		}
+		roots = append(roots, "virtio_pci", "9pnet_virtio", "9p")
+		rfs.config.Mounts = append(rfs.config.Mounts, proto.Mount{
+			Source: shareTag(i), Target: sh.GuestPath, FSType: "9p", ReadOnly: true,
+			// cache=loose: the share is read-only and nobody changes it
+			// meanwhile, so the guest may keep what it read (executables
+			// are read once, then paged from the guest's cache).
+			Data: "trans=virtio,version=9p2000.L,msize=512000,cache=loose",
+		})
+	}
+	if opts.Net != nil {
+		roots = append(roots, "virtio_pci", "virtio_net")
+		rfs.config.Net = &proto.Net{Interface: "eth0", Address: GuestIP + "/24"}
+	}
+	roots = append(roots, opts.Modules...)
+	if len(roots) > 0 {
+		mods, err := moduleOrder(h.kernel.modules, roots...)
 		if err != nil {
 			return nil, err
 		}
@@ -177,7 +200,6 @@ func (h *host) run(work, pkg string, opts Options, start, deadline time.Time, hk
 		for _, m := range mods {
 			rfs.config.Modules = append(rfs.config.Modules, proto.Module{Path: path.Join(guestModules, filepath.Base(m))})
 		}
-		rfs.config.Disk, rfs.config.DiskMount = "/dev/vda", "/tmp"
 	}
 	if hk.config != nil {
 		hk.config(&rfs.config)
@@ -203,6 +225,9 @@ func (h *host) run(work, pkg string, opts Options, start, deadline time.Time, hk
 	}
 	return res, nil
 }
+
+// shareTag is the 9p mount tag of the i-th share.
+func shareTag(i int) string { return fmt.Sprintf("share%d", i) }
 
 // makeDisk creates a sparse disk image holding an empty ext4 file system.
 func makeDisk(ctx context.Context, dir string, mib int) (string, error) {
@@ -251,7 +276,28 @@ func (h *host) boot(ctx context.Context, work, initrd, disk, importPath string, 
 		// reach the host's disk.
 		args = append(args, "-drive", "file="+disk+",format=raw,if=virtio,cache=unsafe")
 	}
-	qemu := exec.CommandContext(ctx, h.qemu, args...)
+	for i, sh := range opts.Shares {
+		args = append(args, "-virtfs", fmt.Sprintf("local,path=%s,mount_tag=%s,security_model=none,readonly=on", sh.HostPath, shareTag(i)))
+	}
+	bin := h.qemu
+	if n := opts.Net; n != nil {
+		// restrict=off: the guest may reach HostIP, which slirp maps to
+		// the loopback of QEMU's network namespace; a test confines it
+		// there by running QEMU in a namespace of its own (NetNS), and
+		// the guest has no route beyond 10.0.2.0/24 anyway.
+		netdev := "user,id=net0,net=10.0.2.0/24,restrict=off"
+		for _, f := range n.HostFwd {
+			netdev += ",hostfwd=" + f
+		}
+		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0")
+		if n.NetNS != "" {
+			// nsenter execs QEMU in its own place (no fork without a pid
+			// namespace), so the death signal below is QEMU's.
+			args = append([]string{"--net=" + n.NetNS, "--", h.qemu}, args...)
+			bin = "nsenter"
+		}
+	}
+	qemu := exec.CommandContext(ctx, bin, args...)
 	// If the host test binary dies (its -timeout, a SIGKILL), the kernel
 	// kills QEMU with it: no VM outlives its test.
 	qemu.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

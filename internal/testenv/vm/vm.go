@@ -32,9 +32,11 @@
 // time is a failure of the host test, with the tail of the kernel console.
 //
 // In the VM: everything runs as root in the root cgroup; there is no swap,
-// no network but loopback, and / is the initramfs (tmpfs: its pages are
-// shmem, not reclaimable page cache; set Options.DiskMiB for an ext4 /tmp on
-// a virtual disk). The package's testdata directory is copied in and is the
+// no network but loopback (Options.Net adds QEMU's user-mode network), and
+// / is the initramfs (tmpfs: its pages are shmem, not reclaimable page
+// cache; set Options.DiskMiB for an ext4 /tmp on a virtual disk). Host
+// directories can be shared in read-only (Options.Shares, virtio-9p):
+// package kube/vmnode runs a kubelet node from the host's own binaries so. The package's testdata directory is copied in and is the
 // test binary's working directory's testdata, as under go test. The
 // environment is OOMGUARD_VM=1, OOMGUARD_VM_OUT, CI (passed through from the
 // host, so testenv.Skip fails on CI in the VM too), PATH, HOME, TMPDIR and
@@ -123,6 +125,43 @@ type Options struct {
 	// tests that need real, reclaimable page cache. It costs about a
 	// second of boot: the disk and ext4 drivers are modules to load.
 	DiskMiB int
+	// Shares are host directories the guest sees read-only (virtio-9p,
+	// mounted by /init before the test binary starts).
+	Shares []Share
+	// Net, if set, gives the VM a network card on QEMU's user-mode
+	// network (slirp): the guest is GuestIP on eth0, with a route to its
+	// /24 only, and reaches the loopback of the network namespace QEMU
+	// runs in at HostIP.
+	Net *Net
+	// Modules are more kernel modules to load (by name, as in modprobe;
+	// their dependencies are found and loaded first), from the kernel
+	// cache's kernel/ tree (scripts/vm-kernel keeps only some).
+	Modules []string
+	// Controllers are the cgroup v2 controllers enabled below the root
+	// (default: memory).
+	Controllers []string
+}
+
+// Share is a host directory, mounted read-only in the guest at GuestPath.
+type Share struct {
+	HostPath, GuestPath string
+}
+
+// Addresses of QEMU's user-mode network, as the guest sees them.
+const (
+	GuestIP = "10.0.2.15"
+	HostIP  = "10.0.2.2" // the loopback (127.0.0.1) of QEMU's network namespace
+)
+
+// Net is the VM's user-mode network.
+type Net struct {
+	// NetNS, if set, is the network namespace QEMU runs in (a path such
+	// as /var/run/netns/NAME): the guest's traffic to HostIP goes to its
+	// loopback, traffic to anything else to what that namespace routes.
+	NetNS string
+	// HostFwd are QEMU hostfwd rules (e.g. "tcp:10.0.2.15:10250-:10250":
+	// a listener in QEMU's namespace forwarded to the guest's port).
+	HostFwd []string
 }
 
 func (o Options) withDefaults() Options {
@@ -134,6 +173,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.CPUs <= 0 {
 		o.CPUs = 2
+	}
+	if len(o.Controllers) == 0 {
+		o.Controllers = []string{"memory"}
 	}
 	return o
 }

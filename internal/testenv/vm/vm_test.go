@@ -2,6 +2,8 @@ package vm_test
 
 import (
 	"errors"
+	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -238,4 +240,56 @@ func keys(m map[string]*vm.Test) []string {
 		k = append(k, n)
 	}
 	return k
+}
+
+// Shares and Net: a host directory read-only in the guest, and the host's
+// loopback reached at vm.HostIP over the user-mode network (and a
+// hostfwd rule the other way).
+func TestRunWithShareAndNet(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "shared.txt"), []byte("from the host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("hello over slirp\n"))
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	vm.Run(t, ".", vm.Options{
+		Run:    "^TestGuestShareAndNet$",
+		Env:    []string{envSelfTest + "=share", "SELFTEST_PORT=" + strconv.Itoa(port)},
+		Shares: []vm.Share{{HostPath: dir, GuestPath: "/host/shared"}},
+		Net:    &vm.Net{},
+	})
+}
+
+func TestGuestShareAndNet(t *testing.T) {
+	selfTest(t, "share")
+	b, err := os.ReadFile("/host/shared/shared.txt")
+	if err != nil || string(b) != "from the host\n" {
+		t.Fatalf("shared file: %q, %v", b, err)
+	}
+	if err := os.WriteFile("/host/shared/new", nil, 0o644); err == nil {
+		t.Error("the share is writable")
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(vm.HostIP, os.Getenv("SELFTEST_PORT")), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b, err = io.ReadAll(c)
+	if err != nil || string(b) != "hello over slirp\n" {
+		t.Fatalf("from the host: %q, %v", b, err)
+	}
 }

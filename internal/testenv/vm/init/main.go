@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,10 +74,20 @@ func run() error {
 			return err
 		}
 	}
+	for _, m := range cfg.Mounts {
+		if err := mountRetry(m); err != nil {
+			return err
+		}
+	}
 	// Tests that serve HTTP on 127.0.0.1 need the loopback device up; the
 	// kernel gives it its address when it comes up.
 	if err := loopbackUp(); err != nil {
 		return err
+	}
+	if cfg.Net != nil {
+		if err := netUp(cfg.Net); err != nil {
+			return err
+		}
 	}
 
 	status, err := runTest(cfg, out)
@@ -201,24 +212,86 @@ func mountDisk(dev, dir string) error {
 	return os.Chmod(dir, 0o1777)
 }
 
-func loopbackUp() error {
+func loopbackUp() error { return linkUp("lo") }
+
+func linkUp(name string) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("loopback: socket: %w", err)
+		return fmt.Errorf("%s: socket: %w", name, err)
 	}
 	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
+	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback: get flags: %w", err)
+		return fmt.Errorf("%s: get flags: %w", name, err)
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback: set up: %w", err)
+		return fmt.Errorf("%s: set up: %w", name, err)
 	}
 	return nil
+}
+
+// mountRetry mounts m, waiting up to 10 s for its source to appear (a
+// virtio device is probed after its driver's module is loaded).
+func mountRetry(m proto.Mount) error {
+	if err := os.MkdirAll(m.Target, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", m.Target, err)
+	}
+	var flags uintptr
+	if m.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if err = unix.Mount(m.Source, m.Target, m.FSType, flags, m.Data); !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENXIO) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", m.Source, m.FSType, m.Target, err)
+	}
+	return nil
+}
+
+// netUp gives the interface its address (the kernel adds the route to its
+// subnet, and no other) and brings it up, once its driver has made it.
+func netUp(n *proto.Net) error {
+	ip, ipnet, err := net.ParseCIDR(n.Address)
+	if err != nil || ip.To4() == nil {
+		return fmt.Errorf("interface %s: address %q: want an IPv4 CIDR (%v)", n.Interface, n.Address, err)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: socket: %w", n.Interface, err)
+	}
+	defer unix.Close(fd)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err = net.InterfaceByName(n.Interface); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("interface %s never appeared: %w", n.Interface, err)
+		}
+	}
+	for _, set := range []struct {
+		req  uint
+		addr net.IP
+	}{{unix.SIOCSIFADDR, ip.To4()}, {unix.SIOCSIFNETMASK, net.IP(ipnet.Mask).To4()}} {
+		ifr, err := unix.NewIfreq(n.Interface)
+		if err != nil {
+			return err
+		}
+		if err := ifr.SetInet4Addr(set.addr); err != nil {
+			return err
+		}
+		if err := unix.IoctlIfreq(fd, set.req, ifr); err != nil {
+			return fmt.Errorf("%s: set %v: %w", n.Interface, set.addr, err)
+		}
+	}
+	return linkUp(n.Interface)
 }
 
 // runTest runs the test binary in its own process group, with stdout and

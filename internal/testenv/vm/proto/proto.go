@@ -55,6 +55,25 @@ type Config struct {
 	Disk, DiskMount string
 	// Controllers are enabled in the root cgroup's cgroup.subtree_control.
 	Controllers []string
+	// Mounts are mounted, in order, after the modules are loaded (a
+	// virtio device's file system may take a moment to appear: /init
+	// retries for a few seconds).
+	Mounts []Mount
+	// Net, if set, is an interface /init brings up with an address (and
+	// no route beyond its subnet).
+	Net *Net
+}
+
+// Mount is one mount(2).
+type Mount struct {
+	Source, Target, FSType, Data string
+	ReadOnly                     bool
+}
+
+// Net is the guest's network interface.
+type Net struct {
+	Interface string // e.g. eth0: /init waits for it to appear
+	Address   string // CIDR, e.g. 10.0.2.15/24
 }
 
 // Module is one kernel module file in the initramfs.
