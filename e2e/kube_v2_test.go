@@ -114,7 +114,7 @@ func TestV2KubeInstallReportUninstall(t *testing.T) {
 	t.Run("Seed003SingleProcessOOMKill", e.testSeed003Single)
 	t.Run("UninstallLeavesNothing", func(t *testing.T) { e.testUninstall(t, bystander, before) })
 	t.Run("MemoryQoSOwnsMemoryHigh", e.testMemoryQoS)
-	e.figure(t, "whole test in the VM: %v (node start included)", time.Since(start).Round(time.Second)+n.Startup.Round(time.Second))
+	e.figure(t, "whole test in the VM: %v (node start included)", time.Since(start).Round(time.Second))
 }
 
 // Resources of the test pods.
