@@ -120,7 +120,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	if err == nil && !sent.IsZero() {
 		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, victim.Pid, victim.Comm, victim.OOMScore, bytesMiB(usage))
 		g.coolDown(c, victim.Candidate)
-		delete(c.seen, victim.Pid) // not the kernel's victim, whatever its count says next
+		c.killedOne(victim.Candidate)
 	} else {
 		c.lastAction = time.Now()
 		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)

@@ -66,6 +66,9 @@ type cg struct {
 	// notification): when the kernel's kill counter moves, the one that
 	// is gone is its victim. No kernel log needed.
 	seen map[int]kill.Candidate
+	// ours is the processes the guard killed here lately (pid: start
+	// time): never the kernel's victim, whatever seen says.
+	ours map[int]uint64
 }
 
 func (c *cg) guarded() bool { return c.thw != nil }
