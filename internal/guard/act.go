@@ -119,7 +119,7 @@ func (g *Guard) act(c *cg, victim *kill.Target, usage, limit uint64, notified ti
 	}
 	if err == nil && !sent.IsZero() {
 		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, victim.Pid, victim.Comm, victim.OOMScore, bytesMiB(usage))
-		g.coolDown(c, victim.Candidate)
+		g.coolDown(c, victim.Candidate, usage)
 		c.killedOne(victim.Candidate)
 	} else {
 		c.lastAction = time.Now()

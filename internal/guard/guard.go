@@ -43,6 +43,7 @@ type cg struct {
 	victim      kill.Candidate
 	victimFd    int
 	victimWatch bool      // victimFd is open and in the epoll set
+	killUsage   uint64    // usage when the victim was killed
 	stuck       int       // looks in a row with nothing to kill (back-off; look.go)
 	stuckSince  time.Time // since when
 	episode     bool      // above the threshold since the last time it was below
