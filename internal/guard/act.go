@@ -133,8 +133,8 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	} else {
 		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, who.Pid, who.Comm, who.OOMScore, bytesMiB(usage))
-		g.coolDown(c, who)
-		delete(c.seen, who.Pid) // not the kernel's victim, whatever its count says next
+		g.coolDown(c, who, usage)
+		c.killedOne(who) // not the kernel's victim, whatever its count says next
 	}
 	if !sent.IsZero() {
 		a.Reaction = sent.Sub(notified)

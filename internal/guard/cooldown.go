@@ -24,8 +24,9 @@ import (
 // coolDown starts the cooldown after victim was killed: its pidfd goes in
 // the epoll set. The pidfd is opened after the signal, off the critical
 // path; a victim already gone by then ends the cooldown at once.
-func (g *Guard) coolDown(c *cg, victim kill.Candidate) {
+func (g *Guard) coolDown(c *cg, victim kill.Candidate, usage uint64) {
 	g.endCooldown(c)
+	c.killUsage = usage
 	c.lastAction = g.clock.Now()
 	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	c.victim = victim

@@ -43,6 +43,7 @@ type cg struct {
 	victim      kill.Candidate
 	victimFd    int
 	victimWatch bool      // victimFd is open and in the epoll set
+	killUsage   uint64    // usage when the victim was killed
 	stuck       int       // looks in a row with nothing to kill (back-off; look.go)
 	stuckSince  time.Time // since when
 	episode     bool      // above the threshold since the last time it was below
@@ -73,6 +74,9 @@ type cg struct {
 	// notification): when the kernel's kill counter moves, the one that
 	// is gone is its victim. No kernel log needed.
 	seen map[int]kill.Candidate
+	// ours is the processes the guard killed here lately (pid: start
+	// time): never the kernel's victim, whatever seen says.
+	ours map[int]uint64
 }
 
 func (c *cg) guarded() bool { return c.thw != nil }
@@ -271,7 +275,7 @@ func (g *Guard) serve(ready []int, notified time.Time) (woken bool) {
 			return woken
 		}
 		woken = woken || w
-		notified = time.Now()
+		notified = g.clock.Now()
 		urgent, _ = g.triage(more)
 	}
 }

@@ -209,6 +209,9 @@ func (o *ownKills) killed(k kill.Candidate) bool {
 func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
 	var gone []kill.Candidate
 	for _, k := range c.seen {
+		if st, ok := c.ours[k.Pid]; ok && st == k.StartTime {
+			continue // the guard's own kill
+		}
 		// Not the guard's own kills, nor a victim already named.
 		if k.Cgroup == rel && !g.own.killed(k) && !g.killer.Alive(k) {
 			gone = append(gone, k)
@@ -218,4 +221,15 @@ func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
 	// the first is the likeliest victim of the first kill.
 	slices.SortFunc(gone, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
 	return gone
+}
+
+// killedOne notes a process the guard killed in c: it is not the kernel's
+// victim when the kernel's count moves next (issue 12: 15 CgroupOOM
+// events named a process the guard had killed). The last 64 are kept.
+func (c *cg) killedOne(k kill.Candidate) {
+	if c.ours == nil || len(c.ours) >= 64 {
+		c.ours = map[int]uint64{}
+	}
+	c.ours[k.Pid] = k.StartTime
+	delete(c.seen, k.Pid)
 }

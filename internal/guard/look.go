@@ -54,6 +54,15 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		}
 		return
 	}
+	if c.victimWatch && usage <= c.killUsage && g.clock.Now().Sub(c.lastAction) < dyingWait && !g.victimGone(c) {
+		// --guard-ms has passed, but the victim is still exiting (its
+		// pidfd says so; cgroup.procs may no longer list it) and usage has
+		// not grown since the kill: the same overshoot, still draining
+		// (tens of milliseconds under emulation). A kill now would be a
+		// second one for it; growth beyond it is a new spike.
+		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+		return
+	}
 	g.endCooldown(c) // acting: the bound has passed
 	if c.killingRest.Load() {
 		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)

@@ -28,9 +28,32 @@ import (
 // "one spike, one kill" must not leave the cgroup unguarded while the
 // next worker fills it (the kernel did about half the kills).
 func TestRespawningWorkload(t *testing.T) {
+	// Each worker is a new race, which a loaded machine (other tests, a VM
+	// beside this one) loses now and then: bench/preempt measures the rate
+	// (1 to 2% here, more under a heavy load). What this test must see gone
+	// is the kernel's share while the cgroup was left unguarded after each
+	// kill: a third to a half of the kills before. A round whose kernel
+	// share is above 10% is run once more.
+	for round := 1; ; round++ {
+		share, ok := respawnRound(t)
+		if ok || round == 2 {
+			if !ok {
+				t.Errorf("the kernel's share of the kills was %.0f%% in both rounds: more than lost races", share)
+			}
+			return
+		}
+		t.Logf("round %d: the kernel's share %.0f%%; again", round, share)
+	}
+}
+
+// respawnRound runs one 20 s round of TestRespawningWorkload: the kernel's
+// share of the kills, and whether it is low enough. Other failures end the
+// test.
+func respawnRound(t *testing.T) (float64, bool) {
 	cg := testenv.NewCgroup(t)
 	rel := cg.Child(t, "pool", 64<<20)
-	sink := startGuard(t, cg, testConfig())
+	sink, stop := runGuard(t, cg, testConfig())
+	defer stop()
 	sup := supervisor(t)
 	cg.Start(t, rel, sup)
 	time.Sleep(20 * time.Second)
@@ -70,17 +93,12 @@ func TestRespawningWorkload(t *testing.T) {
 	if uint64(len(cgroupOOMs)) != kernel {
 		t.Errorf("%d CgroupOOM events for %d kernel kills", len(cgroupOOMs), kernel)
 	}
-	// Each worker is a new race, which a loaded machine (other tests, a VM
-	// beside this one) loses now and then: bench/preempt measures the rate
-	// (about 1 in 100 here). What this test must see gone is the kernel's
-	// share while the cgroup was left unguarded after each kill: a third
-	// to a half of the kills before.
-	if kernel*10 > uint64(len(byGuard))+kernel {
-		t.Errorf("the kernel OOM-killed %d times in 20 s of respawning workers, the guard %d: more than lost races", kernel, len(byGuard))
-	}
 	if len(byGuard) < 20 {
 		t.Errorf("only %d workers killed in 20 s", len(byGuard))
 	}
+	total := uint64(len(byGuard)) + kernel
+	share := 100 * float64(kernel) / float64(max(total, 1))
+	return share, kernel*10 <= total
 }
 
 // supervisor is a prefork server's loop: it forks a worker that allocates
@@ -220,13 +238,23 @@ func TestVictimLeavesBeforeTheKill(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, _ = gate.Write([]byte{1})
-		for deadline := time.Now().Add(30 * time.Second); usage() < early+(3<<18); time.Sleep(2 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the big process did not reach the early threshold (usage %d)", usage())
+		slowed, started := false, time.Now()
+		for usage() < early+(3<<18) {
+			if time.Since(started) > 20*time.Second {
+				break
 			}
-			if usage() > early-(6<<20) {
+			if !slowed && usage() > early-(6<<20) {
 				throttle(t, slow, "200000", "1000")
+				slowed = true
 			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if u := usage(); u < early {
+			if try < 3 {
+				t.Logf("try %d: the big process did not reach the early threshold in 20 s (usage %d, running %v); again", try, u, running(big.Process.Pid))
+				continue
+			}
+			t.Fatalf("the big process did not reach the early threshold in %d tries", try)
 		}
 		_ = big.Process.Signal(syscall.SIGSTOP)
 		time.Sleep(100 * time.Millisecond)
@@ -426,7 +454,16 @@ func init() {
 	}
 	cfg := testConfig()
 	cfg.OpenSoftLimit, cfg.StateFile = true, os.Getenv(envChildState)
-	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()}, kill.Killer{Mem: mem.FS(), Self: os.Getpid()}, nopReporter{}, nil)
+	var n guard.Notifier = notify.V1Notifier{FS: mem.FS()}
+	k := kill.Killer{Mem: mem.FS(), Self: os.Getpid()}
+	if mem.Version() == cgroup.VersionV2 {
+		if n, err = notify.NewV2Notifier(mem.FS(), notify.DefaultV2Options()); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		k.Unified = true
+	}
+	g, err := guard.New(cfg, mem, n, k, nopReporter{}, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -462,8 +499,33 @@ func TestRestartRestoresOperatorsSoftLimit(t *testing.T) {
 	want := map[string]uint64{unset: soft(unset), set: soft(set)}
 	state := t.TempDir() + "/state"
 
+	child := startChildGuard(t, cg.Mem.Path(cg.Rel, ""), state)
+	cfg := testConfig()
+	cfg.OpenSoftLimit = true
+	for rel := range want {
+		if got := soft(rel); got != pageFloor(cfg.Threshold(128<<20)) {
+			t.Fatalf("%s: soft limit %d under the first guard, want its threshold", rel, got)
+		}
+	}
+	_ = child.Process.Signal(syscall.SIGKILL)
+	_ = child.Wait()
+
+	cfg.StateFile = state
+	_, stop := runGuard(t, cg, cfg)
+	stop()
+	for rel, w := range want {
+		if got := soft(rel); got != w {
+			t.Errorf("%s: soft limit %d after the second guard stopped, want the operator's %d", rel, got, w)
+		}
+	}
+}
+
+// startChildGuard runs a guard with --openSoftLimit and state file state
+// over root in a process of its own (this test binary), once it guards.
+func startChildGuard(t *testing.T, root, state string) *exec.Cmd {
+	t.Helper()
 	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), envChildRoot+"="+cg.Mem.Path(cg.Rel, ""), envChildState+"="+state)
+	child.Env = append(os.Environ(), envChildRoot+"="+root, envChildState+"="+state)
 	out, err := child.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -484,25 +546,8 @@ func TestRestartRestoresOperatorsSoftLimit(t *testing.T) {
 		if !ok {
 			t.Fatal("the child guard did not start")
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the child guard not ready in 20 s")
+	case <-time.After(60 * time.Second):
+		t.Fatal("the child guard not ready in 60 s")
 	}
-	cfg := testConfig()
-	cfg.OpenSoftLimit = true
-	for rel := range want {
-		if got := soft(rel); got != pageFloor(cfg.Threshold(128<<20)) {
-			t.Fatalf("%s: soft limit %d under the first guard, want its threshold", rel, got)
-		}
-	}
-	_ = child.Process.Signal(syscall.SIGKILL)
-	_ = child.Wait()
-
-	cfg.StateFile = state
-	_, stop := runGuard(t, cg, cfg)
-	stop()
-	for rel, w := range want {
-		if got := soft(rel); got != w {
-			t.Errorf("%s: soft limit %d after the second guard stopped, want the operator's %d", rel, got, w)
-		}
-	}
+	return child
 }
