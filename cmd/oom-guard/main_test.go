@@ -277,9 +277,11 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	port := freePort(t)
 	d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, []string{"NODE_NAME=node-under-test"},
 		"--policy=process", "--openSoftLimit=true", "--port="+strconv.Itoa(port),
+		"--min-margin=16", "--max-margin=30", // the binary's reporting under test, not the race
 		"--webhook-url="+srv.URL+"/message", "--v=2", "--logtostderr")
 
 	cfg := guard.DefaultConfig()
+	cfg.MinMargin, cfg.MaxMargin = 16<<20, 30<<20
 	// The kernel rounds a soft limit down to whole pages.
 	page := uint64(os.Getpagesize())
 	if got, _ := mem.SoftLimit(rel); got != cfg.Threshold(limit)/page*page {
@@ -446,22 +448,37 @@ func scrape(t *testing.T, port int, path string) string {
 // though nothing listens at the seed's webhook URL.
 func TestSeedArgsStartTheGuard(t *testing.T) {
 	cg := testenv.NewCgroup(t)
-	rel := cg.Child(t, "pod", 64<<20)
 	args := make([]string, 0, len(seedArgs))
 	for _, a := range seedArgs {
 		if !strings.HasPrefix(a, "--root=") {
 			args = append(args, a)
 		}
 	}
-	d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), 1, nil, args...)
-	idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
-	cg.Start(t, rel, idle)
-	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
-	cg.Start(t, rel, hog)
-	testenv.WaitExit(t, hog, 15*time.Second)
-	testenv.WaitExit(t, idle, 5*time.Second)
-	if n := kernelOOMKills(t, rel); n != 0 {
-		t.Fatalf("the kernel OOM-killed %d processes", n)
+	// At the seed's margins a race can be lost on a loaded machine (the
+	// rate is bench/preempt's to measure): up to three, each in a cgroup
+	// of its own, and the guard must win one.
+	const races = 3
+	var rels []string
+	for race := 1; race <= races; race++ {
+		rels = append(rels, cg.Child(t, fmt.Sprint("pod", race), 64<<20))
+	}
+	d := startDaemon(t, cg.Mem.Path(cg.Rel, ""), races, nil, args...)
+	for race := 1; ; race++ {
+		rel := rels[race-1]
+		idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+		cg.Start(t, rel, idle)
+		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+		cg.Start(t, rel, hog)
+		testenv.WaitExit(t, hog, 15*time.Second)
+		testenv.WaitExit(t, idle, 5*time.Second)
+		n := kernelOOMKills(t, rel)
+		if n == 0 {
+			break
+		}
+		if race == races {
+			t.Fatalf("the kernel OOM-killed %d processes, in each of %d races", n, races)
+		}
+		t.Logf("race %d: the kernel OOM-killed %d processes; again", race, n)
 	}
 	if !waitLog(d, "OomGuardKillContainer", 5*time.Second) {
 		t.Fatalf("no OomGuardKillContainer in the log:\n%s", d.stderr.String())
@@ -516,7 +533,9 @@ func TestHungWebhookDoesNotDelayKills(t *testing.T) {
 		rels = append(rels, cg.Child(t, fmt.Sprintf("c%d", i), 64<<20))
 	}
 	port := freePort(t)
+	// The webhook is under test, not the race: margins the kill cannot miss.
 	startDaemon(t, cg.Mem.Path(cg.Rel, ""), hogs, nil, "--policy=process", "--port="+strconv.Itoa(port),
+		"--min-margin=16", "--max-margin=30",
 		"--webhook-url=http://"+l.Addr().String()+"/message", "--v=1", "--logtostderr")
 	for i, rel := range rels {
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
