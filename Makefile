@@ -40,3 +40,10 @@ test-oldkernel:
 		$(GO) test -p 1 -count=1 -timeout 20m -exec "$(CURDIR)/bin/oldkernel -kernel $$k" -skip 'V2|Kube|InVM|WithoutLocalEvents' \
 			./internal/kernel/ ./internal/kill/ ./internal/cgroup/ ./internal/guard/ ./cmd/oom-guard/ || exit 1; \
 	done
+
+FUZZTIME ?= 5s
+fuzz:
+	./scripts/fuzz-all $(FUZZTIME)
+
+bench:
+	$(GO) run ./bench/preempt
