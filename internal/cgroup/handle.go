@@ -71,11 +71,7 @@ func (h *Handle) Stat() (Stat, error) {
 	if err != nil {
 		return Stat{}, err
 	}
-	m, err := ParseFlatKeyed(bytes.NewReader(data))
-	if err != nil {
-		return Stat{}, fmt.Errorf("%s: %w", h.stat.Name(), err)
-	}
-	return Stat{Reclaimable: m[h.inactive] + m[h.active], Text: statText(data)}, nil
+	return parseStat(data, h.stat.Name(), h.inactive, h.active)
 }
 
 func (h *Handle) Close() {

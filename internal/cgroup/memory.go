@@ -122,9 +122,15 @@ func readStat(fs *FS, rel string, inactive, active string) (Stat, error) {
 	if err != nil {
 		return Stat{}, err
 	}
+	return parseStat(data, fs.Path(rel, "memory.stat"), inactive, active)
+}
+
+// parseStat is memory.stat as read (from file name), its reclaimable page
+// cache the sum of the inactive and active file counters named.
+func parseStat(data []byte, name, inactive, active string) (Stat, error) {
 	m, err := ParseFlatKeyed(bytes.NewReader(data))
 	if err != nil {
-		return Stat{}, fmt.Errorf("%s: %w", fs.Path(rel, "memory.stat"), err)
+		return Stat{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return Stat{Reclaimable: m[inactive] + m[active], Text: statText(data)}, nil
 }

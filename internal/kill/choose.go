@@ -61,13 +61,16 @@ func AnyDying(cands []Candidate, self int) bool {
 // Candidates inspects every process of rel and its descendants, scoring
 // them against the cgroup's limit (bytes; cgroup.Unlimited scores against
 // the host's memory, as the kernel's global OOM killer would). Processes
-// that exit meanwhile are skipped.
+// that exit meanwhile are skipped; one that cannot be read for another
+// reason (EACCES: /proc mounted with hidepid) is not taken for exited: the
+// list comes back with an error saying it is incomplete.
 func Candidates(fs *cgroup.FS, proc Proc, rel string, limit uint64) ([]Candidate, error) {
 	limitKB := limit / 1024
 	if limit == cgroup.Unlimited {
 		limitKB = hostMemKB()
 	}
 	var cands []Candidate
+	var unread error
 	err := fs.Walk(rel, func(cg string) error {
 		pids, err := fs.Procs(cg, false)
 		if err != nil {
@@ -75,14 +78,23 @@ func Candidates(fs *cgroup.FS, proc Proc, rel string, limit uint64) ([]Candidate
 		}
 		for _, pid := range pids {
 			c, err := proc.Inspect(pid, limitKB)
-			if err != nil {
+			switch {
+			case cgroup.IsNotExist(err):
 				continue // exited since cgroup.procs was read
+			case err != nil:
+				if unread == nil {
+					unread = fmt.Errorf("pid %d: %w", pid, err)
+				}
+				continue
 			}
 			c.Cgroup = cg
 			cands = append(cands, c)
 		}
 		return nil
 	})
+	if err == nil {
+		err = unread
+	}
 	if err != nil {
 		return cands, fmt.Errorf("list processes of %s: %w", fs.Path(rel, ""), err)
 	}

@@ -70,7 +70,11 @@ func TestChooseAndKillHighestScore(t *testing.T) {
 	if !ok || v.Pid != cmds[1].Process.Pid || v.Cgroup != rel {
 		t.Fatalf("chose %+v, want pid %d in %s", v, cmds[1].Process.Pid, rel)
 	}
-	if _, err := proc.Process(v); err != nil {
+	target, err := proc.Open(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := target.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	waitExit(t, cmds[1])
@@ -93,7 +97,7 @@ func TestProcessRefusesReusedPid(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.StartTime++ // as if the PID now belonged to a later process
-	if _, err := proc.Process(c); !errors.Is(err, kill.ErrGone) {
+	if _, err := proc.Open(c); !errors.Is(err, kill.ErrGone) {
 		t.Fatalf("want ErrGone, got %v", err)
 	}
 	if !alive(cmd) {
@@ -119,7 +123,8 @@ func TestCgroupKillsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	killed, err := kill.Proc{}.Cgroup(cg.Mem, freezer, rel, os.Getpid())
+	k := kill.Killer{Mem: cg.Mem, Freezer: freezer, Self: os.Getpid()}
+	killed, _, err := k.KillContainer(rel)
 	if err != nil || len(killed) != 3 {
 		t.Fatalf("killed %v, %v", killed, err)
 	}
@@ -132,7 +137,7 @@ func TestCgroupKillsEverything(t *testing.T) {
 	if st, _ := freezer.ReadFile(rel, "freezer.state"); string(st) != "THAWED\n" {
 		t.Fatalf("freezer left %q", st)
 	}
-	if _, err := (kill.Proc{}).Cgroup(cg.Mem, freezer, rel, os.Getpid()); !errors.Is(err, kill.ErrNoVictim) {
+	if _, _, err := k.KillContainer(rel); !errors.Is(err, kill.ErrNoVictim) {
 		t.Fatalf("empty cgroup: %v", err)
 	}
 }

@@ -59,8 +59,14 @@ func (k Killer) kill(rel string, spare func(Candidate) bool) ([]Candidate, time.
 	return k.Proc.killEach(k.Mem, k.freezer(), rel, k.Self, spare)
 }
 
+// anyToSpare tells whether rel holds a process that must be spared. A
+// list that could not be completed may hide one: then it says yes, so that
+// no cgroup.kill reaches a process nobody looked at.
 func (k Killer) anyToSpare(rel string, spare func(Candidate) bool) bool {
-	cands, _ := Candidates(k.Mem, k.Proc, rel, cgroup.Unlimited)
+	cands, err := Candidates(k.Mem, k.Proc, rel, cgroup.Unlimited)
+	if err != nil {
+		return true
+	}
 	for _, c := range cands {
 		if c.Pid == k.Self || spare != nil && spare(c) {
 			return true

@@ -230,8 +230,8 @@ func (t *Target) Close() {
 	t.used = true
 }
 
-// Process kills one candidate: Open, then Kill.
-func (p Proc) Process(c Candidate) (time.Time, error) {
+// openAndKill kills one candidate: Open, then Kill.
+func (p Proc) openAndKill(c Candidate) (time.Time, error) {
 	t, err := p.Open(c)
 	if err != nil {
 		return time.Time{}, err
@@ -272,20 +272,6 @@ func release(pidfd int) {
 	}
 }
 
-// Cgroup kills every process in rel and its descendants. With a v1 freezer
-// for the same cgroup, the cgroup is frozen first (no fork escapes the kill,
-// no process runs on to allocate), every process gets SIGKILL, and the
-// cgroup is thawed so they can die. Without one it sweeps until the cgroup
-// is empty. It returns the processes it signalled.
-func (p Proc) Cgroup(fs *cgroup.FS, freezer *cgroup.FS, rel string, self int) ([]Candidate, error) {
-	var fr cgroupFreezer
-	if freezer != nil {
-		fr = v1Freezer{freezer}
-	}
-	killed, _, err := p.killEach(fs, fr, rel, self, nil)
-	return killed, err
-}
-
 // killEach signals the processes of rel one by one, frozen first where fr
 // can freeze them, skipping self and those spare says to. The time is when
 // the first signal was sent.
@@ -321,7 +307,7 @@ func (p Proc) killEach(fs *cgroup.FS, fr cgroupFreezer, rel string, self int, sp
 			if c.Pid == self || seen[c.Pid] || spare != nil && spare(c) {
 				continue
 			}
-			if sent, err := p.Process(c); err == nil {
+			if sent, err := p.openAndKill(c); err == nil {
 				if first.IsZero() {
 					first = sent
 				}
@@ -395,20 +381,9 @@ func (f v1Freezer) thaw(rel string)        { thaw(f.fs, rel) }
 type v2Freezer struct{ fs *cgroup.FS }
 
 func (f v2Freezer) freeze(rel string) bool {
-	if err := f.fs.WriteFile(rel, "cgroup.freeze", "1"); err != nil {
-		return false
-	}
-	deadline := time.Now().Add(50 * time.Millisecond)
-	for {
-		ev, err := f.fs.ReadFile(rel, "cgroup.events")
-		if err == nil && bytes.Contains(ev, []byte("frozen 1\n")) {
-			return true
-		}
-		if err != nil || time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	return freezeAndWait(f.fs, rel, "cgroup.freeze", "1", "cgroup.events", func(ev []byte) bool {
+		return bytes.Contains(ev, []byte("frozen 1\n"))
+	})
 }
 
 func (f v2Freezer) thaw(rel string) { _ = f.fs.WriteFile(rel, "cgroup.freeze", "0") }
@@ -417,13 +392,22 @@ func (f v2Freezer) thaw(rel string) { _ = f.fs.WriteFile(rel, "cgroup.freeze", "
 // for it. A freeze that does not complete (a task stuck in the kernel) is
 // not an error: the kill goes ahead.
 func freeze(freezer *cgroup.FS, rel string) bool {
-	if err := freezer.WriteFile(rel, "freezer.state", "FROZEN"); err != nil {
+	return freezeAndWait(freezer, rel, "freezer.state", "FROZEN", "freezer.state", func(state []byte) bool {
+		return string(state) == "FROZEN\n"
+	})
+}
+
+// freezeAndWait writes value to control and waits, up to 50 ms, until
+// status reads as frozen: a freeze that does not complete (a task stuck in
+// the kernel) is no error, and the kill goes ahead unfrozen.
+func freezeAndWait(fs *cgroup.FS, rel, control, value, status string, frozen func([]byte) bool) bool {
+	if err := fs.WriteFile(rel, control, value); err != nil {
 		return false
 	}
 	deadline := time.Now().Add(50 * time.Millisecond)
 	for {
-		state, err := freezer.ReadFile(rel, "freezer.state")
-		if err == nil && string(state) == "FROZEN\n" {
+		data, err := fs.ReadFile(rel, status)
+		if err == nil && frozen(data) {
 			return true
 		}
 		if err != nil || time.Now().After(deadline) {
