@@ -14,6 +14,7 @@ import (
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	kernelcaps "github.com/oom-guard/oom-guard/internal/kernel"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/notify"
 	"k8s.io/klog/v2"
@@ -90,8 +91,16 @@ func respawnRound(t *testing.T) (float64, bool) {
 			t.Errorf("pid %d reported killed by both the guard and the kernel", pid)
 		}
 	}
-	if uint64(len(cgroupOOMs)) != kernel {
-		t.Errorf("%d CgroupOOM events for %d kernel kills", len(cgroupOOMs), kernel)
+	switch n := uint64(len(cgroupOOMs)); {
+	case n == kernel:
+	case n < kernel && !kernelcaps.HasOOMKillCounter(testenv.V1MemoryRoot):
+		// Without memory.oom_control's oom_kill (3.10-4.12), and without
+		// the kernel log (not read here), a kernel victim reaped before
+		// the guard looked leaves no trace (docs/old-kernels.md): fewer
+		// events, never more, never one twice.
+		t.Logf("%d CgroupOOM events for %d kernel kills: no oom_kill counter, no kernel log", n, kernel)
+	default:
+		t.Errorf("%d CgroupOOM events for %d kernel kills", n, kernel)
 	}
 	if len(byGuard) < 20 {
 		t.Errorf("only %d workers killed in 20 s", len(byGuard))
