@@ -90,7 +90,8 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 	// policy says so: after the victim, and off the loop (a freeze, or a
 	// runtime's answer, can take tens of milliseconds).
 	var rest func() []kill.Candidate
-	group := g.oomGroup(c, who.Cgroup)
+	// The victim's memory.oom.group (one or more reads) is looked up after
+	// its signal: only what follows the kill depends on it.
 	switch g.cfg.Policy {
 	case PolicyNoop:
 		victim.Close()
@@ -99,12 +100,12 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		}
 		c.noopShown = true
 		a.Reason = event.WouldKill
-		a.OOMGroup = g.absPathOr(group)
+		a.OOMGroup = g.absPathOr(g.oomGroup(c, who.Cgroup))
 	case PolicyProcess:
 		sent, err = victim.Kill()
 		g.own.note(who, err)
 		a.Reason = event.KillProcess
-		if err == nil && group != "" {
+		if group := g.oomGroup(c, who.Cgroup); err == nil && group != "" {
 			a.Reason, a.OOMGroup = event.KillContainer, g.absPath(group)
 			rest = g.killRest(c.rel, who, group, g.killer.KillGroup)
 		}
@@ -113,6 +114,7 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		g.own.note(who, err)
 		a.Reason = event.KillContainer
 		if err == nil {
+			group := g.oomGroup(c, who.Cgroup)
 			target := who.Cgroup
 			if group != "" && group != target {
 				target, a.OOMGroup = group, g.absPath(group)

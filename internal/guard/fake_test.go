@@ -244,10 +244,10 @@ func (f fakeKiller) Exited(c kill.Candidate) bool { return !f.Alive(c) }
 func (f fakeKiller) ExitFd(kill.Candidate) (int, error) { return -1, unix.ENOSYS }
 
 // Recheck: where the process is now, and whether it runs.
-func (f fakeKiller) Recheck(c kill.Candidate) (kill.Now, error) {
-	f.k.mu.Lock()
-	defer f.k.mu.Unlock()
-	p, ok := f.k.procs[c.Pid]
+func (v *fakeVictim) Recheck() (kill.Now, error) {
+	v.k.mu.Lock()
+	defer v.k.mu.Unlock()
+	p, ok := v.k.procs[v.c.Pid]
 	if !ok || !p.alive {
 		return kill.Now{Gone: true}, nil
 	}

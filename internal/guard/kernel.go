@@ -31,7 +31,6 @@ type ProcessKiller interface {
 	FateOf(c kill.Candidate) kill.Fate
 	Exited(c kill.Candidate) bool
 	ExitFd(c kill.Candidate) (int, error)
-	Recheck(c kill.Candidate) (kill.Now, error)
 }
 
 // RealKernel is the running kernel: mem's hierarchy, epoll, inotify, the

@@ -127,13 +127,13 @@ func (g *Guard) look(c *cg, notified time.Time) {
 
 // atKill checks, at the moment of the kill, that victim still runs, is
 // not dying, and is inside c (its cgroup or below): the guard never kills
-// outside the cgroup whose limit it guards. The check is two small /proc
-// reads (stat, cgroup): 10-20 us measured on a loaded machine. Where the victim's cgroup cannot be told (a cgroup
+// outside the cgroup whose limit it guards. The check is two preads of
+// /proc files the victim's Target holds open (kill.Target.Recheck). Where the victim's cgroup cannot be told (a cgroup
 // namespace hiding it), the guard kills as before and says so once. moved:
 // not killed because it left c.
 func (g *Guard) atKill(c *cg, victim Victim) (ok, moved bool) {
 	who := victim.Inspected()
-	now, err := g.killer.Recheck(who)
+	now, err := victim.Recheck()
 	switch {
 	case now.Gone || now.Dying:
 		klog.V(2).Infof("cgroup %s: victim pid %d (%s) exited or is exiting: not killed", c.rel, who.Pid, who.Comm)
@@ -145,7 +145,7 @@ func (g *Guard) atKill(c *cg, victim Victim) (ok, moved bool) {
 		}
 		return true, false
 	case !now.Inside || now.Cgroup != c.rel && !isUnder(now.Cgroup, c.rel):
-		if again, _ := g.killer.Recheck(who); again.Gone || again.Dying {
+		if again, _ := victim.Recheck(); again.Gone || again.Dying {
 			// A task that exits leaves its cgroup: it died meanwhile.
 			return false, false
 		}

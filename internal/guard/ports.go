@@ -80,6 +80,9 @@ type Victim interface {
 	Inspected() kill.Candidate
 	// SetCgroup records the cgroup it was found in at the kill.
 	SetCgroup(rel string)
+	// Recheck says where it is now, and whether it still runs: asked at
+	// the moment of the kill.
+	Recheck() (kill.Now, error)
 	// Kill signals it once and says when.
 	Kill() (time.Time, error)
 	// Close gives it up unkilled.
@@ -110,9 +113,6 @@ type Killer interface {
 	// ExitFd opens an fd (a pidfd) that turns readable when c exits;
 	// kill.ErrGone if it has. The caller closes it.
 	ExitFd(c kill.Candidate) (int, error)
-	// Recheck says where a chosen victim is now, and whether it still
-	// runs: asked at the moment of the kill.
-	Recheck(c kill.Candidate) (kill.Now, error)
 }
 
 // Reporter takes the loop's facts, of which one stage (package reconcile)

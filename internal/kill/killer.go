@@ -24,7 +24,16 @@ func (k Killer) Candidates(rel string, limit uint64) ([]Candidate, error) {
 	return Candidates(k.Mem, k.Proc, rel, limit)
 }
 
-func (k Killer) Open(c Candidate) (*Target, error) { return k.Proc.Open(c) }
+// Open holds c for a kill (Proc.Open), with what tells at the kill
+// whether it is still inside this hierarchy's cgroup (Target.Recheck).
+func (k Killer) Open(c Candidate) (*Target, error) {
+	t, err := k.Proc.Open(c)
+	if err != nil {
+		return nil, err
+	}
+	k.openPlace(t)
+	return t, nil
+}
 
 func (k Killer) Alive(c Candidate) bool { return k.Proc.Alive(c) }
 

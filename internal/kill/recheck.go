@@ -2,6 +2,7 @@ package kill
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"path"
 	"strconv"
@@ -100,36 +101,103 @@ type Now struct {
 	Cgroup string // that cgroup, relative to the root, when Inside
 }
 
-// Recheck reads where c is now and whether it still runs: /proc/PID/stat
-// and /proc/PID/cgroup, two small reads (a few microseconds each) made right
+// place is what a Target keeps open to tell, at the kill, where its
+// process is: its /proc/PID/stat and /proc/PID/cgroup, opened when the
+// victim is chosen (ahead of need, at the early threshold), so that the
+// check right before the signal is two preads. Opening and closing both
+// there cost 60-100 us more on a process faulting in memory, measured with
+// bench/preempt (respawn row, atKill p50 60-99 us before, see
+// RESULTS-races.md). A descriptor of a /proc/PID file names that
+// process's struct pid: once the process is reaped, reads through it fail
+// (ESRCH), whoever has the number since.
+type place struct {
+	stat, cgroup int    // -1: not open (read by path instead)
+	prefix       string // the hierarchy root as /proc/PID/cgroup names it
+	prefixErr    error
+	unified      bool
+}
+
+// noPlace is the place of a Target opened by Proc.Open alone: no cgroup
+// to check against.
+var noPlace = place{stat: -1, cgroup: -1, prefixErr: errors.New("victim opened without its cgroup's place")}
+
+// openPlace opens t's place files, as well as it can: a file that cannot
+// be opened (no fds left) is read by path at the recheck.
+func (k Killer) openPlace(t *Target) {
+	t.place = place{stat: -1, cgroup: -1, unified: k.Unified}
+	t.place.prefix, t.place.prefixErr = hierarchyPath(k.Mem.Root, k.Unified)
+	open := func(name string) int {
+		var fd int
+		var err error
+		if t.procfd >= 0 {
+			fd, err = unix.Openat(t.procfd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		} else {
+			fd, err = unix.Open(k.Proc.path(t.Pid, name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return -1
+		}
+		return fd
+	}
+	t.place.stat, t.place.cgroup = open("stat"), open("cgroup")
+}
+
+func (pl *place) close() {
+	for _, fd := range []*int{&pl.stat, &pl.cgroup} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+}
+
+// read reads one of t's place files: through the kept descriptor, else
+// by path.
+func (t *Target) readPlace(fd int, name string, buf []byte) ([]byte, error) {
+	if fd < 0 {
+		return t.proc.read(t.Pid, name, buf)
+	}
+	for {
+		n, err := unix.Pread(fd, buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+// Recheck reads where t's process is now and whether it still runs, right
 // before the signal, so that a victim chosen earlier that has moved out of
 // the guarded cgroup, or died, is not signalled.
-func (k Killer) Recheck(c Candidate) (Now, error) {
+func (t *Target) Recheck() (Now, error) {
 	var buf [4096]byte
-	data, err := k.Proc.read(c.Pid, "stat", buf[:])
+	data, err := t.readPlace(t.place.stat, "stat", buf[:])
 	if err != nil {
 		return Now{Gone: true}, nil
 	}
 	_, st, err := ParseStat(data)
-	if err != nil || st != c.StartTime {
+	if err != nil || st != t.StartTime {
 		return Now{Gone: true}, nil
 	}
 	now := Now{Dying: statDying(data) || statKillPending(data)}
-	if data, err = k.Proc.read(c.Pid, "cgroup", buf[:]); err != nil {
+	if data, err = t.readPlace(t.place.cgroup, "cgroup", buf[:]); err != nil {
 		return Now{Gone: true}, nil
 	}
-	p, ok := memoryCgroup(data, k.Unified)
+	p, ok := memoryCgroup(data, t.place.unified)
 	if !ok {
-		return now, fmt.Errorf("pid %d: no memory cgroup in /proc/%d/cgroup", c.Pid, c.Pid)
+		return now, fmt.Errorf("pid %d: no memory cgroup in /proc/%d/cgroup", t.Pid, t.Pid)
 	}
 	if strings.Contains(p, "/..") {
 		// Outside this process's cgroup namespace: no path to compare.
-		return now, fmt.Errorf("pid %d: memory cgroup %s is outside the guard's cgroup namespace", c.Pid, p)
+		return now, fmt.Errorf("pid %d: memory cgroup %s is outside the guard's cgroup namespace", t.Pid, p)
 	}
-	prefix, err := hierarchyPath(k.Mem.Root, k.Unified)
-	if err != nil {
-		return now, err
+	if t.place.prefixErr != nil {
+		return now, t.place.prefixErr
 	}
+	prefix := t.place.prefix
 	switch {
 	case p == prefix:
 		now.Inside, now.Cgroup = true, "/"

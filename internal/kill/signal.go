@@ -35,6 +35,8 @@ type Target struct {
 	procfd int  // without pidfds: /proc/PID, opened at Open (O_PATH); -1 otherwise
 	byPid  bool // no pidfd on this kernel: kill(2) after the procfd check
 	used   bool
+	proc   Proc
+	place  place // for Recheck, when opened by Killer.Open
 }
 
 // Open holds c for a kill and checks the PID still names the process that
@@ -61,7 +63,7 @@ func (p Proc) Open(c Candidate) (*Target, error) {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
 	}
-	return &Target{Candidate: c, pidfd: pidfd, procfd: -1}, nil
+	return &Target{Candidate: c, pidfd: pidfd, procfd: -1, proc: p, place: noPlace}, nil
 }
 
 // openByPid opens /proc/PID and reads the start time through that very
@@ -81,7 +83,7 @@ func (p Proc) openByPid(c Candidate) (*Target, error) {
 	if err == nil {
 		var st uint64
 		if _, st, err = ParseStat(data); err == nil && st == c.StartTime {
-			return &Target{Candidate: c, pidfd: -1, procfd: procfd, byPid: true}, nil
+			return &Target{Candidate: c, pidfd: -1, procfd: procfd, byPid: true, proc: p, place: noPlace}, nil
 		}
 	}
 	unix.Close(procfd)
@@ -110,6 +112,7 @@ func (t *Target) Kill() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("pid %d (%s): already used", t.Pid, t.Comm)
 	}
 	t.used = true
+	defer t.place.close() // after the signal: closing is not on the kill's path
 	if t.byPid {
 		return t.killByPid()
 	}
@@ -227,6 +230,7 @@ func (t *Target) Close() {
 		t.pidfd = -1
 	}
 	t.closeProcfd()
+	t.place.close()
 	t.used = true
 }
 
