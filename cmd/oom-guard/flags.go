@@ -26,6 +26,7 @@ type options struct {
 	webhookURL string
 	webhook    *report.WebhookTarget
 	guard      guard.Config
+	nice       int // of every thread of the guard but its loop (NiceProcess)
 
 	kmsgPath     string   // the kernel log; "" reads none
 	kmsgFromBoot bool     // start at the oldest record, not at the end
@@ -88,6 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.kubeEvents, "kube-events", "auto", "write a Kubernetes Event per event, on the pod or else the node: auto (when in a pod or given --kubeconfig), on (required), off")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for the Kubernetes Events; default: the pod's service account")
 	fs.IntVar(&o.guard.RealtimePriority, "rt-priority", def.RealtimePriority, "SCHED_FIFO priority of the guard's decision loop, so a busy node cannot delay it (0: normal scheduling)")
+	fs.IntVar(&o.nice, "nice", -20, "nice value of the guard's other threads, so that the Go runtime's pauses (which stop the loop too) end at once on a busy node (0: leave it)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -103,6 +105,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	p, err := guard.ParsePolicy(policy)
 	if err != nil {
 		return nil, errUsage{err}
+	}
+	if err := guard.ValidNice(o.nice); err != nil {
+		return nil, usageErr("--nice: %v", err)
 	}
 	o.guard.Policy = p
 	for name, v := range map[string]int{"walkIntervalSeconds": walkSec, "inotifyResetSeconds": resetSec, "recheck-ms": recheckMs, "reclaim-budget-ms": reclaimMs} {

@@ -59,6 +59,7 @@ func run(args []string, stderr io.Writer) int {
 
 func serve(o *options, mem cgroup.Memory) error {
 	logFileLimit()
+	nice(o.nice)
 	metrics := report.NewMetrics()
 	reportKernel(mem, metrics)
 	sinks := []report.Sink{report.NewLog()}
@@ -280,6 +281,20 @@ func readKernelLog(path string, fromBoot bool, rec *reconcile.Reconciler) (stop 
 		_ = r.Close()
 		<-done
 	}
+}
+
+// nice puts every thread of the guard at nice n (guard.NiceProcess says
+// why); the loop's own thread then takes SCHED_FIFO (--rt-priority).
+// Refused (no CAP_SYS_NICE), the guard runs on and says so.
+func nice(n int) {
+	if n == 0 {
+		return
+	}
+	if err := guard.NiceProcess(n); err != nil {
+		klog.Warningf("%v: the guard's threads run at their inherited priority; on a busy node a garbage collection may hold its loop for milliseconds", err)
+		return
+	}
+	klog.V(1).Infof("threads at nice %d", n)
 }
 
 // logFileLimit says how many files the guard may open: each guarded cgroup

@@ -91,6 +91,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{[]string{"--min-margin=40", "--max-margin=30"}, "min margin"},
 		{[]string{"--max-margin=0"}, "max-margin"},
 		{[]string{"--policy=reboot"}, "unknown policy"},
+		{[]string{"--nice=-21"}, "nice"},
+		{[]string{"--nice=20"}, "nice"},
 		{[]string{"--policy="}, "unknown policy"},
 		{[]string{"--webhook-url=ftp://host/x"}, "webhook-url"},
 		{[]string{"--webhook-url=http://"}, "webhook-url"},
@@ -322,6 +324,9 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	}
 	if n := fifoThreads(t, d.cmd.Process.Pid); n != 1 {
 		t.Errorf("%d threads under SCHED_FIFO, want the decision loop's alone (--rt-priority)", n)
+	}
+	if all, n := threadCount(t, d.cmd.Process.Pid), niceThreads(t, d.cmd.Process.Pid, -20); n != all {
+		t.Errorf("%d of %d threads at nice -20 (--nice's default)", n, all)
 	}
 	if h := scrape(t, port, "/healthz"); strings.TrimSpace(h) != "ok" {
 		t.Errorf("/healthz says %q", h)
@@ -573,6 +578,16 @@ func fifoThreads(t *testing.T, pid int) int { return threadsWith(t, pid, 41, "1"
 // niceThreads counts the process's threads at the given nice value (field 19).
 func niceThreads(t *testing.T, pid, nice int) int { return threadsWith(t, pid, 19, strconv.Itoa(nice)) }
 
+// threadCount is how many threads the process has.
+func threadCount(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(tasks)
+}
+
 // threadsWith counts the process's threads whose /proc/PID/task/TID/stat
 // field (numbered as in proc(5)) has the given value.
 func threadsWith(t *testing.T, pid, field int, value string) int {
@@ -662,7 +677,7 @@ func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
 		testenv.Skip(t, fmt.Sprintf("needs real-time group scheduling with no budget in a new cpu cgroup (cpu.rt_runtime_us %q, %v)", b, err))
 	}
 	cmd := exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && shift && exec "$@"`, "sh", cpu,
-		guardBin, "--root="+cg.Mem.Path(cg.Rel, ""), "--policy=noop", "--webhook-url=", "--port=0", "--v=0", "--logtostderr")
+		guardBin, "--root="+cg.Mem.Path(cg.Rel, ""), "--policy=noop", "--webhook-url=", "--port=0", "--v=0", "--logtostderr", "--nice=0")
 	d := startDaemonCmd(t, cmd, 0)
 	if !strings.Contains(d.stderr.String(), "running it at nice -20 instead") {
 		t.Errorf("no word of the fallback in the log:\n%s", d.stderr.String())

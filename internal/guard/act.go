@@ -80,47 +80,51 @@ func (g *Guard) pick(cands []kill.Candidate, anyDying bool) (kill.Candidate, str
 // group where it is larger than the container; the action names it.
 func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Time, statBefore string) {
 	who := victim.Inspected()
-	a := event.Action{
-		OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(who.Cgroup),
-		Threshold: c.threshold, Usage: usage, Limit: limit, Policy: g.cfg.Policy.Title(),
-	}
+	// The signal first: everything else (the action's record, the
+	// victim's memory.oom.group, one or more reads) follows it.
 	var sent time.Time
 	var err error
-	// rest kills the rest of the victim's container or group, when the
-	// policy says so: after the victim, and off the loop (a freeze, or a
-	// runtime's answer, can take tens of milliseconds).
-	var rest func() []kill.Candidate
-	// The victim's memory.oom.group (one or more reads) is looked up after
-	// its signal: only what follows the kill depends on it.
-	switch g.cfg.Policy {
-	case PolicyNoop:
+	if g.cfg.Policy == PolicyNoop {
 		victim.Close()
 		if c.noopShown {
 			return
 		}
 		c.noopShown = true
+	} else {
+		sent, err = victim.Kill()
+		g.own.note(who, err)
+	}
+	a := event.Action{
+		OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(who.Cgroup),
+		Threshold: c.threshold, Usage: usage, Limit: limit, Policy: g.cfg.Policy.Title(),
+	}
+	// rest kills the rest of the victim's container or group, when the
+	// policy says so: after the victim, and off the loop (a freeze, or a
+	// runtime's answer, can take tens of milliseconds).
+	var rest func() []kill.Candidate
+	switch g.cfg.Policy {
+	case PolicyNoop:
 		a.Reason = event.WouldKill
 		a.OOMGroup = g.absPathOr(g.oomGroup(c, who.Cgroup))
 	case PolicyProcess:
-		sent, err = victim.Kill()
-		g.own.note(who, err)
 		a.Reason = event.KillProcess
-		if group := g.oomGroup(c, who.Cgroup); err == nil && group != "" {
+		if err != nil {
+			break
+		}
+		if group := g.oomGroup(c, who.Cgroup); group != "" {
 			a.Reason, a.OOMGroup = event.KillContainer, g.absPath(group)
 			rest = g.killRest(c.rel, who, group, g.killer.KillGroup)
 		}
 	case PolicyContainer:
-		sent, err = victim.Kill()
-		g.own.note(who, err)
 		a.Reason = event.KillContainer
-		if err == nil {
-			group := g.oomGroup(c, who.Cgroup)
-			target := who.Cgroup
-			if group != "" && group != target {
-				target, a.OOMGroup = group, g.absPath(group)
-			}
-			rest = g.killRest(c.rel, who, target, g.killer.KillContainer)
+		if err != nil {
+			break
 		}
+		target := who.Cgroup
+		if group := g.oomGroup(c, who.Cgroup); group != "" && group != target {
+			target, a.OOMGroup = group, g.absPath(group)
+		}
+		rest = g.killRest(c.rel, who, target, g.killer.KillContainer)
 	}
 	if err != nil {
 		// Nothing was killed, so nothing cools down: look again soon.
@@ -135,7 +139,7 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
 	} else {
 		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, who.Pid, who.Comm, who.OOMScore, bytesMiB(usage))
-		g.coolDown(c, who, usage)
+		g.coolDown(c, victim, usage)
 		c.killedOne(who) // not the kernel's victim, whatever its count says next
 	}
 	if !sent.IsZero() {
@@ -144,15 +148,14 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 			g.Observe(a.Reaction)
 		}
 	}
-	a.Stats = statBefore
-	if stat, err := c.files.Stat(); err == nil {
-		a.Stats = stat.Text
-	}
 	killed := []kill.Candidate{who}
 	if rest == nil {
-		g.tell(a, killed)
+		// memory.stat as the kill left it (tens of microseconds to read
+		// on v1) can wait for the other cgroups crossing meanwhile.
+		g.afterCrossings(func() { g.tell(g.withStats(a, c, statBefore), killed) })
 		return
 	}
+	a = g.withStats(a, c, statBefore)
 	// The cgroup cools down until the rest is killed: one spike, one kill.
 	c.killingRest.Store(true)
 	g.killers.Add(1)
@@ -181,6 +184,16 @@ func (g *Guard) permanentKillFailure(c *cg, err error) bool {
 		klog.Errorf("cgroup %s: cannot kill, and trying again will not help: %v (logged once per episode)", c.rel, err)
 	}
 	return true
+}
+
+// withStats gives a the cgroup's memory.stat as it is now, or as it was
+// read before the kill (statBefore) if it cannot be read.
+func (g *Guard) withStats(a event.Action, c *cg, statBefore string) event.Action {
+	a.Stats = statBefore
+	if stat, err := c.files.Stat(); err == nil {
+		a.Stats = stat.Text
+	}
+	return a
 }
 
 // tell hands the action, with whom it killed, to the reporter.

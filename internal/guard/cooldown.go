@@ -1,7 +1,6 @@
 package guard
 
 import (
-	"errors"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,22 +20,17 @@ import (
 // each look), or usage is below the threshold; --guard-ms is only its
 // upper bound. A crossing after that is a new spike.
 
-// coolDown starts the cooldown after victim was killed: its pidfd goes in
-// the epoll set. The pidfd is opened after the signal, off the critical
-// path; a victim already gone by then ends the cooldown at once.
-func (g *Guard) coolDown(c *cg, victim kill.Candidate, usage uint64) {
+// coolDown starts the cooldown after victim was killed: its pidfd (a copy
+// the Target made at the kill) goes in the epoll set, and turns readable
+// at once if the victim is already gone.
+func (g *Guard) coolDown(c *cg, victim Victim, usage uint64) {
 	g.endCooldown(c)
 	c.killUsage = usage
 	c.lastAction = g.clock.Now()
 	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
-	c.victim = victim
-	fd, err := g.killer.ExitFd(victim)
-	switch {
-	case errors.Is(err, kill.ErrGone):
-		c.victim, c.lastAction = kill.Candidate{}, time.Time{}
-		c.recheckAt = g.clock.Now()
-		return
-	case err != nil:
+	c.victim = victim.Inspected()
+	fd, err := victim.ExitFd()
+	if err != nil {
 		// No pidfd (a kernel before 5.3, a lack of fds): each look asks
 		// /proc, and the cooldown's end is looked for every recheck.
 		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)

@@ -37,6 +37,7 @@ type fakeKernel struct {
 	counted  []event.CounterKill
 	polled   map[int]bool
 	killErrs map[int]error // pid -> what its Kill returns
+	ready    []int         // what the poller's next Wait returns
 }
 
 type fakeCgroup struct {
@@ -186,9 +187,15 @@ func (p fakePoller) Remove(fd int) error {
 	p.k.set(func() { delete(p.k.polled, fd) })
 	return nil
 }
-func (p fakePoller) Wait(time.Duration) ([]int, bool, error) { return nil, false, nil }
-func (p fakePoller) Wake()                                   {}
-func (p fakePoller) Close() error                            { return nil }
+func (p fakePoller) Wait(time.Duration) ([]int, bool, error) {
+	p.k.mu.Lock()
+	defer p.k.mu.Unlock()
+	ready := p.k.ready
+	p.k.ready = nil
+	return ready, false, nil
+}
+func (p fakePoller) Wake()        {}
+func (p fakePoller) Close() error { return nil }
 
 type fakeWatcher struct{}
 
@@ -241,7 +248,7 @@ func (f fakeKiller) FateOf(c kill.Candidate) kill.Fate {
 func (f fakeKiller) Exited(c kill.Candidate) bool { return !f.Alive(c) }
 
 // ExitFd: the fake has no pidfds; the guard asks Exited instead.
-func (f fakeKiller) ExitFd(kill.Candidate) (int, error) { return -1, unix.ENOSYS }
+func (v *fakeVictim) ExitFd() (int, error) { return -1, unix.ENOSYS }
 
 // Recheck: where the process is now, and whether it runs.
 func (v *fakeVictim) Recheck() (kill.Now, error) {

@@ -116,6 +116,14 @@ type Guard struct {
 	ready          chan struct{}
 	quit           chan struct{}
 
+	// deferring: serveUrgent is serving crossings; deferred is the work
+	// their kills put off until all are served (afterCrossings).
+	deferring bool
+	deferred  []func()
+	// yielding: a preparation is serving crossings (yieldToCrossings);
+	// wokenMidway: the poller was woken meanwhile.
+	yielding, wokenMidway bool
+
 	walks     chan map[string]uint64
 	walkAsk   chan struct{}
 	reclaims  chan string
@@ -222,8 +230,8 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		if err != nil {
 			return err
 		}
-		if g.serve(ready, notified) {
-			woken = true
+		if g.serve(ready, notified) || g.wokenMidway {
+			woken, g.wokenMidway = true, false
 		}
 		if woken {
 			select {
@@ -258,9 +266,7 @@ func (g *Guard) serve(ready []int, notified time.Time) (woken bool) {
 	}
 	urgent, rest := g.triage(ready)
 	for {
-		for _, fd := range urgent {
-			g.dispatch(fd, notified)
-		}
+		g.serveUrgent(urgent, notified)
 		if len(rest) == 0 {
 			return woken
 		}
@@ -278,6 +284,33 @@ func (g *Guard) serve(ready []int, notified time.Time) (woken bool) {
 		notified = g.clock.Now()
 		urgent, _ = g.triage(more)
 	}
+}
+
+// serveUrgent serves the ready crossings and the like, in order; what
+// their kills leave to do after (afterCrossings) waits until all are
+// served. Nothing among them forgets a cgroup, so the work put off finds
+// its cgroup's files still open.
+func (g *Guard) serveUrgent(urgent []int, notified time.Time) {
+	g.deferring = true
+	for _, fd := range urgent {
+		g.dispatch(fd, notified)
+	}
+	g.deferring = false
+	for _, f := range g.deferred {
+		f()
+	}
+	clear(g.deferred)
+	g.deferred = g.deferred[:0]
+}
+
+// afterCrossings runs f once the crossings being served are (at once,
+// outside serveUrgent).
+func (g *Guard) afterCrossings(f func()) {
+	if !g.deferring {
+		f()
+		return
+	}
+	g.deferred = append(g.deferred, f)
 }
 
 // triage splits ready fds into the urgent, in the order to serve them,

@@ -30,7 +30,6 @@ type ProcessKiller interface {
 	Alive(c kill.Candidate) bool
 	FateOf(c kill.Candidate) kill.Fate
 	Exited(c kill.Candidate) bool
-	ExitFd(c kill.Candidate) (int, error)
 }
 
 // RealKernel is the running kernel: mem's hierarchy, epoll, inotify, the

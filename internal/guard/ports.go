@@ -85,6 +85,9 @@ type Victim interface {
 	Recheck() (kill.Now, error)
 	// Kill signals it once and says when.
 	Kill() (time.Time, error)
+	// ExitFd, after Kill, hands over an fd (a pidfd) that turns readable
+	// when it has exited; an error if there is none. The caller closes it.
+	ExitFd() (int, error)
 	// Close gives it up unkilled.
 	Close()
 }
@@ -110,9 +113,6 @@ type Killer interface {
 	// Exited tells whether a process has exited (gone, PID reused, or a
 	// zombie): its memory is freed.
 	Exited(c kill.Candidate) bool
-	// ExitFd opens an fd (a pidfd) that turns readable when c exits;
-	// kill.ErrGone if it has. The caller closes it.
-	ExitFd(c kill.Candidate) (int, error)
 }
 
 // Reporter takes the loop's facts, of which one stage (package reconcile)

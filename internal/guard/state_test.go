@@ -166,6 +166,48 @@ func TestStateMachine(t *testing.T) {
 	}
 }
 
+// A preparation (the slow part of a kill) gives way to crossings that come
+// meanwhile: another cgroup's victim is killed before the preparation
+// ends; a crossing of the cgroup being prepared is acted on at once, and
+// the preparation, stale, is dropped.
+func TestPreparationGivesWayToCrossings(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		crossing string // whose crossing comes during /a's preparation
+		killed   []int
+		prepared bool // /a keeps a preparation
+	}{
+		{"another cgroup's crossing", "/b", []int{201}, true},
+		{"its own crossing", "/a", []int{bigPid}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Policy = PolicyProcess
+			g, k := newFakeGuard(t, cfg)
+			a := k.guardNew(g, "/a", fLimit, fBelow)
+			b := k.guardNew(g, "/b", fLimit, fBelow)
+			k.proc("/a", bigPid, 60<<10, 0)
+			k.proc("/b", 201, 60<<10, 0)
+			crossing := map[string]*cg{"/a": a, "/b": b}[tc.crossing]
+			k.set(func() {
+				k.cgroups["/a"].usage = 95 * mib
+				k.cgroups[tc.crossing].usage = fAbove
+				k.ready = []int{crossing.thw.Fd()} // arrives while /a is prepared
+			})
+			g.dispatch(a.earlyw.Fd(), k.advance(time.Millisecond))
+			if !equal(k.killed, tc.killed) {
+				t.Errorf("killed %v during the preparation, want %v", k.killed, tc.killed)
+			}
+			if got := a.prep != nil; got != tc.prepared {
+				t.Errorf("/a prepared: %v, want %v", got, tc.prepared)
+			}
+			if len(k.acted) != 1 {
+				t.Errorf("%d actions reported, want 1", len(k.acted))
+			}
+		})
+	}
+}
+
 // The kernel's own kills are counted once each, named by the process seen
 // before and gone after; an OOM notification that killed nothing reports
 // nothing.

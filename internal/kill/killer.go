@@ -41,8 +41,6 @@ func (k Killer) FateOf(c Candidate) Fate { return k.Proc.FateOf(c) }
 
 func (k Killer) Exited(c Candidate) bool { return k.Proc.Exited(c) }
 
-func (k Killer) ExitFd(c Candidate) (int, error) { return k.Proc.ExitFd(c) }
-
 // KillContainer kills every process of rel. The time is when the first
 // signal was sent.
 func (k Killer) KillContainer(rel string) ([]Candidate, time.Time, error) {

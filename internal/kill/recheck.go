@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -14,27 +13,58 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 )
 
+// statField is field n (numbered from 1, as in proc(5)) of a
+// /proc/PID/stat line, nil if it has fewer. The fields after comm are
+// counted from its closing parenthesis (comm may hold spaces and
+// parentheses). It allocates nothing: it runs right before a kill.
+func statField(stat []byte, n int) []byte {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || n < 3 {
+		return nil
+	}
+	f, start := 2, -1 // field 2 (comm) ends at i
+	for j := i + 1; j <= len(stat); j++ {
+		space := j == len(stat) || stat[j] == ' ' || stat[j] == '\n'
+		switch {
+		case !space && start < 0:
+			start, f = j, f+1
+		case space && start >= 0:
+			if f == n {
+				return stat[start:j]
+			}
+			start = -1
+		}
+	}
+	return nil
+}
+
+// statUint is statField n as a number; ok false if absent or not one.
+func statUint(stat []byte, n int) (v uint64, ok bool) {
+	b := statField(stat, n)
+	if len(b) == 0 {
+		return 0, false
+	}
+	for _, d := range b {
+		if d < '0' || d > '9' || v > (1<<63)/10 {
+			return 0, false
+		}
+		v = v*10 + uint64(d-'0')
+	}
+	return v, true
+}
+
 // statDying tells from /proc/PID/stat as read whether a process is on its
-// way out: state Z (zombie) or X, or PF_EXITING in the flags. With SIGKILL
-// pending (killPending, from status) it is dying too: the kernel's OOM
-// killer picks no other victim for such a process's memory
+// way out: state Z (zombie) or X, or PF_EXITING in the flags (field 9).
+// With SIGKILL pending (statKillPending) it is dying too: the kernel's
+// OOM killer picks no other victim for such a process's memory
 // (task_will_free_mem), and the guard does not pick it again.
 func statDying(stat []byte) bool {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return false
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	const stateIndex, flagsIndex = 3 - 3, 9 - 3
-	if len(fields) <= flagsIndex {
-		return false
-	}
-	if fields[stateIndex] == "Z" || fields[stateIndex] == "X" {
+	if st := statField(stat, 3); len(st) == 1 && (st[0] == 'Z' || st[0] == 'X') {
 		return true
 	}
 	const pfExiting = 0x4
-	flags, err := strconv.ParseUint(fields[flagsIndex], 10, 64)
-	return err == nil && flags&pfExiting != 0
+	flags, ok := statUint(stat, 9)
+	return ok && flags&pfExiting != 0
 }
 
 // statKillPending tells from /proc/PID/stat whether SIGKILL is pending for
@@ -43,17 +73,8 @@ func statDying(stat []byte) bool {
 // SigPnd says, without a read of status (tens of microseconds; stat and
 // cgroup are a few each).
 func statKillPending(stat []byte) bool {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return false
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	const signalIndex = 31 - 3
-	if len(fields) <= signalIndex {
-		return false
-	}
-	sig, err := strconv.ParseUint(fields[signalIndex], 10, 64)
-	return err == nil && sig&(1<<(9-1)) != 0
+	sig, ok := statUint(stat, 31)
+	return ok && sig&(1<<(9-1)) != 0
 }
 
 // Exited tells whether c has exited: gone from /proc, its PID taken by
@@ -73,24 +94,6 @@ func (p Proc) Exited(c Candidate) bool {
 	i := bytes.LastIndexByte(data, ')')
 	f := strings.Fields(string(data[i+1:]))
 	return len(f) == 0 || f[0] == "Z" || f[0] == "X"
-}
-
-// ExitFd returns a pidfd of c, readable (poll, epoll) once c has exited;
-// the caller closes it. ErrGone: c has exited already, or its PID names
-// another process.
-func (p Proc) ExitFd(c Candidate) (int, error) {
-	fd, err := unix.PidfdOpen(c.Pid, 0)
-	if err == unix.ESRCH {
-		return -1, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
-	}
-	if err != nil {
-		return -1, fmt.Errorf("pidfd_open %d (%s): %w", c.Pid, c.Comm, err)
-	}
-	if p.Exited(c) {
-		unix.Close(fd)
-		return -1, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
-	}
-	return fd, nil
 }
 
 // Now is what a chosen victim is at the moment of its kill.
@@ -178,8 +181,7 @@ func (t *Target) Recheck() (Now, error) {
 	if err != nil {
 		return Now{Gone: true}, nil
 	}
-	_, st, err := ParseStat(data)
-	if err != nil || st != t.StartTime {
+	if st, ok := statUint(data, 22); !ok || st != t.StartTime {
 		return Now{Gone: true}, nil
 	}
 	now := Now{Dying: statDying(data) || statKillPending(data)}
@@ -190,49 +192,74 @@ func (t *Target) Recheck() (Now, error) {
 	if !ok {
 		return now, fmt.Errorf("pid %d: no memory cgroup in /proc/%d/cgroup", t.Pid, t.Pid)
 	}
-	if strings.Contains(p, "/..") {
+	if bytes.Contains(p, []byte("/..")) {
 		// Outside this process's cgroup namespace: no path to compare.
 		return now, fmt.Errorf("pid %d: memory cgroup %s is outside the guard's cgroup namespace", t.Pid, p)
 	}
 	if t.place.prefixErr != nil {
 		return now, t.place.prefixErr
 	}
-	prefix := t.place.prefix
-	switch {
-	case p == prefix:
-		now.Inside, now.Cgroup = true, "/"
-	case prefix == "/":
-		now.Inside, now.Cgroup = true, p
-	case strings.HasPrefix(p, prefix+"/"):
-		now.Inside, now.Cgroup = true, p[len(prefix):]
-	}
+	now.Inside, now.Cgroup = below(string(p), t.place.prefix)
 	return now, nil
 }
 
-// memoryCgroup is the memory controller's line of /proc/PID/cgroup: on v1
-// "N:...,memory,...:/path", on v2 "0::/path".
-func memoryCgroup(data []byte, unified bool) (string, bool) {
-	for _, line := range strings.Split(string(data), "\n") {
-		id, rest, ok := strings.Cut(line, ":")
+// memoryCgroup is the memory controller's path in /proc/PID/cgroup: on
+// v1 the line "N:...,memory,...:/path", on v2 "0::/path". It points into
+// data (no allocation: it runs right before a kill).
+func memoryCgroup(data []byte, unified bool) ([]byte, bool) {
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		id, rest, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue
 		}
-		ctrls, p, ok := strings.Cut(rest, ":")
+		ctrls, p, ok := bytes.Cut(rest, []byte(":"))
 		if !ok {
 			continue
 		}
-		if unified && id == "0" && ctrls == "" {
+		if unified && len(id) == 1 && id[0] == '0' && len(ctrls) == 0 {
 			return p, true
 		}
-		if !unified {
-			for _, c := range strings.Split(ctrls, ",") {
-				if c == "memory" {
-					return p, true
-				}
-			}
+		if !unified && hasController(ctrls, "memory") {
+			return p, true
 		}
 	}
-	return "", false
+	return nil, false
+}
+
+// hasController tells whether the comma-separated list ctrls names c.
+func hasController(ctrls []byte, c string) bool {
+	for len(ctrls) > 0 {
+		name := ctrls
+		if i := bytes.IndexByte(ctrls, ','); i >= 0 {
+			name, ctrls = ctrls[:i], ctrls[i+1:]
+		} else {
+			ctrls = nil
+		}
+		if string(name) == c {
+			return true
+		}
+	}
+	return false
+}
+
+// below tells whether cgroup path p (as /proc/PID/cgroup names it) is
+// prefix or under it, and its path relative to prefix.
+func below(p, prefix string) (bool, string) {
+	switch {
+	case p == prefix:
+		return true, "/"
+	case prefix == "/":
+		return true, p
+	case strings.HasPrefix(p, prefix) && len(p) > len(prefix) && p[len(prefix)] == '/':
+		return true, p[len(prefix):]
+	}
+	return false, ""
 }
 
 var hierarchyPaths sync.Map // root -> string

@@ -35,6 +35,7 @@ type Target struct {
 	procfd int  // without pidfds: /proc/PID, opened at Open (O_PATH); -1 otherwise
 	byPid  bool // no pidfd on this kernel: kill(2) after the procfd check
 	used   bool
+	exitfd int // after the kill: a pidfd of its own for ExitFd; -1 if none
 	proc   Proc
 	place  place // for Recheck, when opened by Killer.Open
 }
@@ -63,7 +64,7 @@ func (p Proc) Open(c Candidate) (*Target, error) {
 		unix.Close(pidfd)
 		return nil, fmt.Errorf("pid %d (%s): %w", c.Pid, c.Comm, ErrGone)
 	}
-	return &Target{Candidate: c, pidfd: pidfd, procfd: -1, proc: p, place: noPlace}, nil
+	return &Target{Candidate: c, pidfd: pidfd, procfd: -1, proc: p, place: noPlace, exitfd: -1}, nil
 }
 
 // openByPid opens /proc/PID and reads the start time through that very
@@ -83,7 +84,7 @@ func (p Proc) openByPid(c Candidate) (*Target, error) {
 	if err == nil {
 		var st uint64
 		if _, st, err = ParseStat(data); err == nil && st == c.StartTime {
-			return &Target{Candidate: c, pidfd: -1, procfd: procfd, byPid: true, proc: p, place: noPlace}, nil
+			return &Target{Candidate: c, pidfd: -1, procfd: procfd, byPid: true, proc: p, place: noPlace, exitfd: -1}, nil
 		}
 	}
 	unix.Close(procfd)
@@ -144,9 +145,27 @@ func (t *Target) Kill() (time.Time, error) {
 		}
 		return time.Time{}, fmt.Errorf("kill pid %d (%s): %w", t.Pid, t.Comm, err)
 	}
+	// The release owns the pidfd from here on; ExitFd gets a copy (one
+	// fcntl, instead of a new pidfd_open and a /proc read).
+	if fd, err := unix.FcntlInt(uintptr(t.pidfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		t.exitfd = fd
+	}
 	releaseInBackground(t.pidfd)
 	t.pidfd = -1
 	return sent, nil
+}
+
+// ExitFd hands over, after Kill, a pidfd of the killed process: readable
+// (poll, epoll) once it has exited. The caller closes it. Without one
+// (killed by kill(2) on a kernel without pidfds, or no fd left), an error:
+// ask Proc.Exited instead.
+func (t *Target) ExitFd() (int, error) {
+	fd := t.exitfd
+	t.exitfd = -1
+	if fd < 0 {
+		return -1, fmt.Errorf("pid %d (%s): no pidfd to wait on", t.Pid, t.Comm)
+	}
+	return fd, nil
 }
 
 // maxCheckAge bounds how long before kill(2) the check may have been made
@@ -231,6 +250,10 @@ func (t *Target) Close() {
 	}
 	t.closeProcfd()
 	t.place.close()
+	if t.exitfd >= 0 {
+		unix.Close(t.exitfd)
+		t.exitfd = -1
+	}
 	t.used = true
 }
 
