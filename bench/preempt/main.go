@@ -39,6 +39,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/oom-guard/oom-guard/internal/asynclog"
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
@@ -92,6 +93,8 @@ func main() {
 	if err := guard.NiceProcess(-20); err != nil {
 		fmt.Fprintln(os.Stderr, "preempt:", err)
 	}
+	logs := asynclog.Klog(nil, 4096)
+	defer logs.Close(2 * time.Second)
 	if *oldKernel != "" && os.Getenv("OOMGUARD_OLDKERNEL") == "" {
 		os.Exit(underOldKernel(*oldKernel))
 	}
@@ -113,6 +116,7 @@ func main() {
 		}
 	}
 	if failed {
+		logs.Close(2 * time.Second)
 		os.Exit(1)
 	}
 }

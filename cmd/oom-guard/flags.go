@@ -27,6 +27,7 @@ type options struct {
 	webhook    *report.WebhookTarget
 	guard      guard.Config
 	nice       int // of every thread of the guard but its loop (NiceProcess)
+	klogFlags *flag.FlagSet // klog's, parsed (asynclog.Klog)
 
 	kmsgPath     string   // the kernel log; "" reads none
 	kmsgFromBoot bool     // start at the oldest record, not at the end
@@ -99,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 		return nil, errUsage{err}
 	}
+	o.klogFlags = fs
 	if fs.NArg() > 0 {
 		return nil, usageErr("unexpected argument %q", fs.Arg(0))
 	}
@@ -208,3 +210,4 @@ func isDir(p string) bool {
 // DefaultStateFile is --state-file's default: on the node's /run (the
 // DaemonSet mounts it), which a reboot empties along with every cgroup.
 const DefaultStateFile = "/run/oom-guard/soft-limits.jsonl"
+

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/oom-guard/oom-guard/internal/asynclog"
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
@@ -50,6 +51,9 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer klog.Flush()
+	if logs := asynclog.Klog(o.klogFlags, 4096); logs != nil {
+		defer logs.Close(2 * time.Second)
+	}
 	if err := serve(o, mem); err != nil {
 		klog.Errorf("%v", err)
 		return 1
