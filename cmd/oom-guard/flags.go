@@ -26,8 +26,8 @@ type options struct {
 	webhookURL string
 	webhook    *report.WebhookTarget
 	guard      guard.Config
-	nice       int // of every thread of the guard but its loop (NiceProcess)
-	klogFlags *flag.FlagSet // klog's, parsed (asynclog.Klog)
+	nice       int           // of every thread of the guard but its loop (NiceProcess)
+	klogFlags  *flag.FlagSet // klog's, parsed (asynclog.Klog)
 
 	kmsgPath     string   // the kernel log; "" reads none
 	kmsgFromBoot bool     // start at the oldest record, not at the end
@@ -210,4 +210,3 @@ func isDir(p string) bool {
 // DefaultStateFile is --state-file's default: on the node's /run (the
 // DaemonSet mounts it), which a reboot empties along with every cgroup.
 const DefaultStateFile = "/run/oom-guard/soft-limits.jsonl"
-
