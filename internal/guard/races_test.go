@@ -210,11 +210,16 @@ func TestStormOfCrossings(t *testing.T) {
 	// The guard never signals a process twice (above), nor, but for a rare
 	// race (the kernel's kill and the guard's in the same moment), one the
 	// kernel is killing: before, 74 guard and 53 kernel kills of 100 with
-	// 17 pids signalled twice. How many races a storm loses on a loaded
-	// 2-core machine varies too much (7 to 47 of 100 measured) to assert;
-	// bench/preempt reports it.
+	// 17 pids signalled twice.
 	if got := uint64(len(killed)) + kernel; got < n || got > n+3 {
 		t.Errorf("%d guard kills and %d kernel kills for %d processes", len(killed), kernel, n)
+	}
+	// The kernel wins only where its v1 threshold notification (checked
+	// every 128 page events per CPU) came after it had begun to kill: 0 to
+	// 5 of 100 measured with every thread at nice -20, 34 to 63 before
+	// (bench/preempt, RESULTS-races.md).
+	if kernel > n/10 {
+		t.Errorf("the kernel killed %d of %d: the guard lost more than the v1 notification's lateness explains", kernel, n)
 	}
 }
 
