@@ -143,7 +143,7 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		}
 	}
 	a.Stats = statBefore
-	if stat, err := c.files.Stat(); err == nil {
+	if stat, err := g.statOf(c); err == nil {
 		a.Stats = stat.Text
 	}
 	killed := []kill.Candidate{who}

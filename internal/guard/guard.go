@@ -30,7 +30,7 @@ type cg struct {
 	armedLimit uint64
 	thw, oomw  notify.Watch
 	earlyw     notify.Watch
-	files      Files     // usage, limit, stat kept open for the hot path
+	files      Files     // usage, limit, stat kept open while near the limit (files.go); nil at rest
 	prep       *prepared // a kill made ready while above the early threshold
 
 	recheckAt  time.Time // zero: no recheck pending
@@ -300,7 +300,7 @@ func (g *Guard) triage(ready []int) (urgent, rest []int) {
 			rest = append(rest, fd)
 		case c.thw != nil && fd == c.thw.Fd():
 			h := uint64(0)
-			if usage, err := c.files.Usage(); err == nil {
+			if usage, err := g.usageOf(c); err == nil {
 				h = sub(c.armedLimit, usage)
 			}
 			crossings = append(crossings, crossing{fd, h})

@@ -128,19 +128,12 @@ func (g *Guard) install(r *registration) {
 
 // installGuard starts guarding c with r's watches.
 func (g *Guard) installGuard(c *cg, r *registration) bool {
-	files, err := g.mem.Handle(c.rel)
-	if err != nil {
-		r.close()
-		g.retryLater(c, "open", err)
-		return false
-	}
 	if err := g.watchFds(c, r.thw, r.earlyw, r.oomw); err != nil {
-		files.Close()
 		r.close()
 		g.retryLater(c, "watch", err)
 		return false
 	}
-	c.thw, c.earlyw, c.oomw, c.files = r.thw, r.earlyw, r.oomw, files
+	c.thw, c.earlyw, c.oomw = r.thw, r.earlyw, r.oomw
 	c.threshold, c.early, c.armedLimit = r.threshold, r.early, r.limit
 	g.guarded++
 	g.metrics.SetGuarded(g.guarded)
@@ -279,8 +272,8 @@ func (g *Guard) unguard(c *cg) {
 	g.closeWatch(c.oomw)
 	g.dropPrep(c)
 	g.endCooldown(c)
-	c.files.Close()
-	c.thw, c.earlyw, c.oomw, c.files = nil, nil, nil, nil
+	g.closeFiles(c)
+	c.thw, c.earlyw, c.oomw = nil, nil, nil
 	c.recheckAt, c.oomCheckAt, c.seen = time.Time{}, time.Time{}, nil
 	g.guarded--
 	g.metrics.SetGuarded(g.guarded)
