@@ -108,7 +108,11 @@ func serve(o *options, mem cgroup.Memory) error {
 		klog.Infof("received %v", s)
 		close(stop)
 	}()
+	ran := make(chan struct{})
+	waitHeap := returnHeap(ran)
 	runErr := g.Run(stop)
+	close(ran)
+	waitHeap()
 
 	stopKmsg()
 	rec.Stop()
