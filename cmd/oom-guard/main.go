@@ -287,7 +287,7 @@ func readKernelLog(path string, fromBoot bool, rec *reconcile.Reconciler) (stop 
 }
 
 // logFileLimit says how many files the guard may open: each guarded cgroup
-// takes a few (its eventfds and kept-open files), and where they run out
+// takes three (its eventfds; three more while it is near its limit), and where they run out
 // the guard guards what it can and retries the rest. The Go runtime has
 // raised the soft limit to the hard one already.
 func logFileLimit() {

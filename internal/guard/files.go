@@ -32,6 +32,16 @@ func (g *Guard) usageOf(c *cg) (uint64, error) {
 	return files.Usage()
 }
 
+// crossingUsage reads c's usage at a crossing of its threshold: through
+// its Files, opened now if they are not (the early threshold was crossed
+// in the same turn), for the look that follows reads them too.
+func (g *Guard) crossingUsage(c *cg) (uint64, error) {
+	if _, err := g.filesOf(c); err != nil {
+		return g.usageOf(c)
+	}
+	return c.files.Usage()
+}
+
 // limitOf reads c's limit, as usageOf its usage.
 func (g *Guard) limitOf(c *cg) (uint64, error) {
 	if c.files != nil {

@@ -300,7 +300,7 @@ func (g *Guard) triage(ready []int) (urgent, rest []int) {
 			rest = append(rest, fd)
 		case c.thw != nil && fd == c.thw.Fd():
 			h := uint64(0)
-			if usage, err := g.usageOf(c); err == nil {
+			if usage, err := g.crossingUsage(c); err == nil {
 				h = sub(c.armedLimit, usage)
 			}
 			crossings = append(crossings, crossing{fd, h})
@@ -339,6 +339,9 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 	case c.thw != nil && fd == c.thw.Fd():
 		_ = c.thw.Drain()
 		g.metrics.Crossing()
+		// The look reads them all: opened here where the early threshold,
+		// crossed in the same turn, has not (an error is the look's to say).
+		_, _ = g.filesOf(c)
 		g.look(c, notified)
 	case c.earlyw != nil && fd == c.earlyw.Fd():
 		_ = c.earlyw.Drain()
