@@ -2,6 +2,8 @@ package guard_test
 
 import (
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,4 +81,34 @@ func TestFilesOpenOnlyNearTheLimit(t *testing.T) {
 	}
 	testenv.WaitExit(t, hog, 5*time.Second)
 	waitFiles(t, cg.Path("near"), 0, "below the early threshold again")
+}
+
+// Registering a cgroup's thresholds waits for the kernel (a
+// synchronize_rcu() each): a start over many cgroups queues them for a
+// few registrars, not a goroutine each, whose stacks would be charged to
+// the guard meanwhile (a burst of 1,000 new cgroups OOM-killed a guard
+// over 5,000 in its 60 MiB limit).
+func TestRegistrationsQueueForAFewRegistrars(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	const n = 300
+	for i := 0; i < n; i++ {
+		cg.Child(t, "c"+strconv.Itoa(i), 64<<20)
+	}
+	g, sink := newGuard(t, cg, testConfig())
+	before := runtime.NumGoroutine()
+	t.Cleanup(runInBackground(t, g, 10*time.Second, nil))
+	most := 0
+	for ready := false; !ready; {
+		select {
+		case <-g.Ready():
+			ready = true
+		case <-time.After(time.Millisecond):
+		}
+		most = max(most, runtime.NumGoroutine()-before)
+	}
+	sink.waitGuardedN(t, n)
+	if most >= n/2 {
+		t.Fatalf("%d goroutines more while %d cgroups were registered: one a cgroup, not a few registrars", most, n)
+	}
+	t.Logf("at most %d goroutines more while %d cgroups were registered", most, n)
 }

