@@ -76,6 +76,7 @@ func TestKubernetesInstallReportUninstall(t *testing.T) {
 	t.Run("Seed003ChildOOMOnThePod", e.testSeed003)
 	t.Run("GuardKillsBeforeTheKernel", e.testGuardKillsFirst)
 	t.Run("ServiceAccountHasOnlyTheClusterRole", e.testRBAC)
+	t.Run("GuardFitsItsMemoryLimit", e.testFootprint)
 	t.Run("UninstallLeavesNothing", e.testUninstall)
 	t.Logf("whole test: %v", time.Since(start).Round(100*time.Millisecond))
 }
@@ -343,6 +344,57 @@ func (e *env) testUninstall(t *testing.T) {
 		}
 	}
 	checkCgroupsUntouched(t)
+}
+
+// testFootprint: after the pods above came and went, the guard's container
+// runs with the manifest's memory limit (60Mi), was never OOM-killed nor
+// restarted, and what the kernel charges its cgroup (its pages and the
+// kernel memory of its eventfds, files and watches) is printed.
+func (e *env) testFootprint(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pods, err := e.client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app=oom-guard"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("guard pods: %v, %v", pods, err)
+	}
+	pod := pods.Items[0]
+	var id string
+	for _, st := range pod.Status.ContainerStatuses {
+		if st.Name == "oomguard" {
+			if st.RestartCount != 0 {
+				t.Errorf("the guard's container restarted %d times (last state %+v)", st.RestartCount, st.LastTerminationState)
+			}
+			_, id, _ = strings.Cut(st.ContainerID, "://")
+		}
+	}
+	cgs := podCgroupDirs(string(pod.UID))
+	if id == "" || len(cgs) != 1 {
+		t.Fatalf("the guard's container %q, pod cgroups %v", id, cgs)
+	}
+	dir := filepath.Join(cgs[0], id)
+	read := func(file string) uint64 {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatalf("%s/%s: %v", dir, file, err)
+		}
+		return v
+	}
+	mib := func(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+	limit, usage, kmem, peak := read("memory.limit_in_bytes"), read("memory.usage_in_bytes"), read("memory.kmem.usage_in_bytes"), read("memory.max_usage_in_bytes")
+	kills := kernelOOMKills(t, dir)
+	t.Logf("the guard's container, at the end: memory usage %s (kernel memory %s), peak %s, limit %s, kernel OOM kills %d",
+		mib(usage), mib(kmem), mib(peak), mib(limit), kills)
+	if limit != 60<<20 {
+		t.Errorf("the guard's container limit is %s, want the manifest's 60Mi", mib(limit))
+	}
+	if kills != 0 {
+		t.Errorf("the kernel OOM-killed in the guard's container %d times", kills)
+	}
 }
 
 // startPod runs script as a busybox pod's PID 1 with a 64 MiB limit, waits

@@ -15,7 +15,8 @@
 // a kernel OOM kill to its event, and the guard's idle cost with many
 // guarded cgroups.
 //
-//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000] [-oldkernel 3.10] [-respawn 20s] [-storm 100]
+//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-oldkernel 3.10] [-respawn 20s] [-storm 100]
+//	    [-idle 1000,5000,10000] [-idle-limited-pods 0.6] [-idle-limit 60Mi -idle-gomemlimit 45MiB] [-churn 10]
 //	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events,events+high,poll+events+high]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
@@ -24,7 +25,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -53,9 +53,9 @@ type config struct {
 	Limits     []int // MiB
 	Threads    []int
 	Mechanisms []string // v2 only; v1 has its eventfd
-	Idle       int      // idle guarded cgroups for the idle cost; 0 skips it
+	Idle       []int    // known cgroups for the idle cost, one row each; none skips it
 	IdleFor    time.Duration
-	GuardBin   string        // v1: the oom-guard binary for the idle cost ("" builds it)
+	IdleV1     idleSpec      // v1: the rest of the idle-cost mode (idle.go)
 	EventRuns  int           // kernel OOM kills for the kill-to-event latency; 0 skips it
 	Respawn    time.Duration // v1: the respawning workload's duration; 0 skips it
 	Storm      int           // v1: cgroups in the storm; 0 skips it
@@ -73,9 +73,14 @@ func main() {
 	runs := flag.Int("runs", 20, "v1: runs per limit and thread count")
 	limits := flag.String("limits", "64,256,1024", "v1: limits to test, MiB")
 	threads := flag.String("threads", "1,2", "allocating threads to test")
-	flag.IntVar(&v1.Idle, "idle", 1000, "idle guarded cgroups for the RSS/CPU measurement (0 skips it)")
-	flag.DurationVar(&v1.IdleFor, "idle-for", 10*time.Second, "how long to measure the idle guard")
-	flag.StringVar(&v1.GuardBin, "guard-bin", "", "v1: oom-guard binary for the idle measurement (default: build it)")
+	idle := flag.String("idle", "1000", "known cgroups for the idle cost, one row each, e.g. 1000,5000,10000 (0 skips it)")
+	flag.DurationVar(&v1.IdleFor, "idle-for", 10*time.Second, "how long to measure the idle guard (and to let it rest after the churn)")
+	flag.StringVar(&v1.IdleV1.GuardBin, "guard-bin", "", "v1: oom-guard binary for the idle measurement (default: build it)")
+	flag.Float64Var(&v1.IdleV1.LimitedPod, "idle-limited-pods", 0.6, "v1 idle: share of pods with a memory limit (a limited pod has 2 limited cgroups of 3)")
+	idleLimit := flag.String("idle-limit", "", "v1 idle: memory limit of the guard's own cgroup, e.g. 60Mi (default: none)")
+	flag.StringVar(&v1.IdleV1.GoMemLimit, "idle-gomemlimit", "", "v1 idle: GOMEMLIMIT for the guard, e.g. 45MiB (the manifest's)")
+	flag.IntVar(&v1.IdleV1.Churn, "churn", 0, "v1 idle: bursts of short-lived limited cgroups after the idle measurement")
+	flag.IntVar(&v1.IdleV1.ChurnSize, "churn-size", 1000, "v1 idle: cgroups in each burst")
 	flag.IntVar(&v1.EventRuns, "event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
 	flag.DurationVar(&v1.Respawn, "respawn", 20*time.Second, "v1: how long the respawning workload runs (0 skips it)")
 	flag.IntVar(&v1.Storm, "storm", 100, "v1: cgroups crossing at once in the storm (0 skips it)")
@@ -99,8 +104,21 @@ func main() {
 		os.Exit(underOldKernel(*oldKernel))
 	}
 	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
+	for _, n := range ints(*idle) {
+		if n > 0 {
+			v1.Idle = append(v1.Idle, n)
+		}
+	}
+	if *idleLimit != "" {
+		q, err := parseBytes(*idleLimit)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "-idle-limit:", err)
+			os.Exit(2)
+		}
+		v1.IdleV1.Limit = q
+	}
 	v2 = v1
-	v2.Runs, v2.Limits, v2.Mechanisms, v2.GuardBin = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), ""
+	v2.Runs, v2.Limits, v2.Mechanisms, v2.IdleV1 = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), idleSpec{}
 	v2.Respawn, v2.Storm = 0, 0
 	failed := false
 	if *doV1 {
@@ -282,11 +300,15 @@ func run(h hierarchy, c config, out io.Writer) error {
 			return err
 		}
 	}
-	if c.Idle > 0 {
-		if h.version == "v1" {
-			return idleCost(h.mount, top, c.Idle, c.IdleFor, c.GuardBin, out)
+	if len(c.Idle) > 0 && h.version == "v1" {
+		s := c.IdleV1
+		s.Known, s.For = c.Idle, c.IdleFor
+		return idleCost(h.mount, top, s, out)
+	}
+	for _, n := range c.Idle {
+		if err := idleCostInProcess(h, top, n, c.IdleFor, out); err != nil {
+			return err
 		}
-		return idleCostInProcess(h, top, c.Idle, c.IdleFor, out)
 	}
 	return nil
 }
@@ -458,72 +480,20 @@ func kernelRelease() string {
 	return "Linux " + b.String()
 }
 
-// idleCost runs the real oom-guard binary over n idle limited cgroups and
-// reports its resident memory and CPU use.
-func idleCost(root *cgroup.FS, top string, n int, dur time.Duration, bin string, out io.Writer) error {
-	base := top + "/idle"
-	if err := root.Mkdir(base); err != nil {
-		return err
-	}
-	defer removeTree(root, base)
-	for i := 0; i < n; i++ {
-		rel := fmt.Sprintf("%s/c%d", base, i)
-		if err := root.Mkdir(rel); err != nil {
-			return err
-		}
-		if err := root.WriteFile(rel, "memory.limit_in_bytes", strconv.Itoa(256<<20)); err != nil {
-			return err
+// parseBytes reads a size such as 60Mi, 45MiB or 1048576.
+func parseBytes(s string) (uint64, error) {
+	mult := uint64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   uint64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}} {
+		if t, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = t, u.mult
+			break
 		}
 	}
-	if bin == "" {
-		dir, err := os.MkdirTemp("", "oomguard-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		bin = filepath.Join(dir, "oom-guard")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/oom-guard")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("build oom-guard: %v\n%s", err, out)
-		}
-	}
-	cmd := exec.Command(bin, "--root="+root.Path(base, ""), "--policy=noop", "--webhook-url=", "--v=0")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return err
-	}
-	started := time.Now()
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
-	ready := make(chan time.Duration, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			fmt.Fprintln(os.Stderr, sc.Text())
-			if strings.Contains(sc.Text(), "guarding ") {
-				ready <- time.Since(started)
-			}
-		}
-	}()
-	var startup time.Duration
-	select {
-	case startup = <-ready:
-	case <-time.After(2 * time.Minute):
-		return fmt.Errorf("oom-guard not guarding %d cgroups after 2 minutes", n)
-	}
-	cpu0 := cpuTicks(cmd.Process.Pid)
-	time.Sleep(dur)
-	cpu1 := cpuTicks(cmd.Process.Pid)
-	rss := statusKB(cmd.Process.Pid, "VmRSS")
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
-	const hz = 100 // USER_HZ
-	cpuPct := float64(cpu1-cpu0) / hz / dur.Seconds() * 100
-	fmt.Fprintf(out, "\nThe oom-guard binary over %d guarded cgroups: all guarded %v after start; then idle for %v: RSS %.1f MiB, CPU %.3f%%, %d open fds\n",
-		n, startup.Round(time.Millisecond), dur, float64(rss)/1024, cpuPct, len(fds))
-	return nil
+	v, err := strconv.ParseUint(s, 10, 64)
+	return v * mult, err
 }
 
 func cpuTicks(pid int) uint64 {

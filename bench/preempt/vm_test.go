@@ -44,7 +44,7 @@ func TestBenchV2(t *testing.T) {
 func TestBenchV2InVM(t *testing.T) {
 	c := config{
 		Runs: 2, Limits: []int{64}, Threads: []int{1}, Mechanisms: []string{"events", "poll+events", "poll+events+high"},
-		Idle: 50, IdleFor: time.Second, EventRuns: 1,
+		Idle: []int{50}, IdleFor: time.Second, EventRuns: 1,
 	}
 	js, err := json.Marshal(c)
 	if err != nil {

@@ -113,7 +113,11 @@ func serve(o *options, mem cgroup.Memory) error {
 		klog.Infof("received %v", s)
 		close(stop)
 	}()
+	ran := make(chan struct{})
+	waitHeap := returnHeap(ran)
 	runErr := g.Run(stop)
+	close(ran)
+	waitHeap()
 
 	stopKmsg()
 	rec.Stop()
@@ -302,7 +306,7 @@ func nice(n int) {
 }
 
 // logFileLimit says how many files the guard may open: each guarded cgroup
-// takes a few (its eventfds and kept-open files), and where they run out
+// takes three (its eventfds; three more while it is near its limit), and where they run out
 // the guard guards what it can and retries the rest. The Go runtime has
 // raised the soft limit to the hard one already.
 func logFileLimit() {

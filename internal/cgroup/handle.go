@@ -6,10 +6,14 @@ import (
 	"os"
 )
 
-// Handle keeps a guarded cgroup's hot files open. On the path from the
-// kernel's notification to the kill each read is then one pread(2) (a few
-// microseconds) instead of an open, a read and a close. Only one goroutine
-// may use a Handle at a time.
+// Handle keeps a cgroup's hot files open. On the path from the kernel's
+// notification to the kill each read is then one pread(2): 1.9 us measured
+// for memory.usage_in_bytes, against 15.5 us to open, read and close it.
+// An open cgroup file costs an fd and about 5 KiB of kernel memory (its
+// struct file, kernfs_open_file and seq_file, and the page its reads are
+// formatted into, allocated at the first read and kept), so the guard holds
+// a Handle only while a cgroup is near its limit. Only one goroutine may
+// use a Handle at a time.
 type Handle struct {
 	usage, limit, stat *os.File
 	inactive, active   string
@@ -18,7 +22,7 @@ type Handle struct {
 }
 
 func openHandle(fs *FS, rel, usage, limit, inactive, active string, v1 bool) (*Handle, error) {
-	h := &Handle{inactive: inactive, active: active, v1: v1, buf: make([]byte, 0, 8192)}
+	h := &Handle{inactive: inactive, active: active, v1: v1, buf: make([]byte, 0, 4096)}
 	var err error
 	if h.usage, err = fs.Open(rel, usage); err != nil {
 		return nil, err
@@ -30,6 +34,15 @@ func openHandle(fs *FS, rel, usage, limit, inactive, active string, v1 bool) (*H
 	if h.stat, err = fs.Open(rel, "memory.stat"); err != nil {
 		h.Close()
 		return nil, err
+	}
+	// The first read of a cgroup file allocates its page (9 us measured):
+	// done now for the files a crossing reads first, not at the crossing.
+	// (memory.stat is read when the kill is prepared, before.)
+	for _, f := range []*os.File{h.usage, h.limit} {
+		if _, err := preadAll(f, h.buf); err != nil {
+			h.Close()
+			return nil, err
+		}
 	}
 	return h, nil
 }
@@ -71,6 +84,7 @@ func (h *Handle) Stat() (Stat, error) {
 	if err != nil {
 		return Stat{}, err
 	}
+	h.buf = data[:0] // grown to memory.stat's size: kept for the next read
 	return parseStat(data, h.stat.Name(), h.inactive, h.active)
 }
 

@@ -190,7 +190,7 @@ func (g *Guard) permanentKillFailure(c *cg, err error) bool {
 // read before the kill (statBefore) if it cannot be read.
 func (g *Guard) withStats(a event.Action, c *cg, statBefore string) event.Action {
 	a.Stats = statBefore
-	if stat, err := c.files.Stat(); err == nil {
+	if stat, err := g.statOf(c); err == nil {
 		a.Stats = stat.Text
 	}
 	return a

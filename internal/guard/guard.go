@@ -30,7 +30,7 @@ type cg struct {
 	armedLimit uint64
 	thw, oomw  notify.Watch
 	earlyw     notify.Watch
-	files      Files     // usage, limit, stat kept open for the hot path
+	files      Files     // usage, limit, stat kept open while near the limit (files.go); nil at rest
 	prep       *prepared // a kill made ready while above the early threshold
 
 	recheckAt  time.Time // zero: no recheck pending
@@ -102,7 +102,8 @@ type Guard struct {
 
 	// Registrations off the loop (register.go).
 	registered     chan *registration
-	regSlots       chan struct{}
+	regQueue       regQueue // registrations waiting for a registrar
+	registrarsOn   bool     // the registrars run (started at the first registration)
 	regs           sync.WaitGroup
 	killers        sync.WaitGroup // container kills off the loop (act.go)
 	own            ownKills       // the guard's own recent kills (kernelkill.go)
@@ -155,7 +156,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
-		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
+		registered: make(chan *registration, registrars), regQueue: regQueue{more: make(chan struct{}, 1)}, ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
 }
@@ -333,7 +334,7 @@ func (g *Guard) triage(ready []int) (urgent, rest []int) {
 			rest = append(rest, fd)
 		case c.thw != nil && fd == c.thw.Fd():
 			h := uint64(0)
-			if usage, err := c.files.Usage(); err == nil {
+			if usage, err := g.crossingUsage(c); err == nil {
 				h = sub(c.armedLimit, usage)
 			}
 			crossings = append(crossings, crossing{fd, h})
@@ -372,6 +373,9 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 	case c.thw != nil && fd == c.thw.Fd():
 		_ = c.thw.Drain()
 		g.metrics.Crossing()
+		// The look reads them all: opened here where the early threshold,
+		// crossed in the same turn, has not (an error is the look's to say).
+		_, _ = g.filesOf(c)
 		g.look(c, notified)
 	case c.earlyw != nil && fd == c.earlyw.Fd():
 		_ = c.earlyw.Drain()

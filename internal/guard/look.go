@@ -15,13 +15,13 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	if !c.guarded() {
 		return
 	}
-	usage, err := c.files.Usage()
+	usage, err := g.usageOf(c)
 	if err != nil {
 		// The kernel signals a cgroup's eventfds when it is removed.
 		g.warnUnlessGone(c, "read usage", err)
 		return
 	}
-	limit, err := c.files.Limit()
+	limit, err := g.limitOf(c)
 	if err != nil {
 		g.warnUnlessGone(c, "read limit", err)
 		return
@@ -44,6 +44,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		g.endStuck(c)
 		c.episode, c.reclaimed, c.noopShown, c.killFailShown = false, false, false, false
 		c.recheckAt = time.Time{}
+		g.restFiles(c, usage)
 		return
 	case Cooling:
 		klog.V(4).Infof("cgroup %s: usage %s above threshold %s: cooling down after the kill of pid %d", c.rel, bytesMiB(usage), bytesMiB(c.threshold), c.victim.Pid)
@@ -77,7 +78,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	if p == nil || g.cfg.Judge(limit, p.reclaimable+sub(usage, p.usage)) == StandDown {
 		// Without a preparation, or if the page cache may have grown
 		// enough since, read memory.stat now.
-		stat, err := c.files.Stat()
+		stat, err := g.statOf(c)
 		if err != nil {
 			g.warnUnlessGone(c, "read memory.stat", err)
 			return

@@ -29,7 +29,7 @@ func (g *Guard) onEarly(c *cg) {
 	if !c.guarded() {
 		return
 	}
-	usage, err := c.files.Usage()
+	usage, err := g.usageOf(c)
 	if err != nil {
 		g.warnUnlessGone(c, "read usage", err)
 		return
@@ -38,6 +38,7 @@ func (g *Guard) onEarly(c *cg) {
 		// c.seen stays: the drop may be the kernel's kill, whose
 		// notification can come after this one.
 		g.dropPrep(c)
+		g.restFiles(c, usage)
 		return
 	}
 	if c.prep == nil || g.clock.Now().Sub(c.prep.at) > g.cfg.PrepareMaxAge/2 {
@@ -50,7 +51,7 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 	start := time.Now()
 	g.dropPrep(c)
 	acted := c.lastAction
-	stat, err := c.files.Stat()
+	stat, err := g.statOf(c)
 	if err != nil {
 		g.warnUnlessGone(c, "read memory.stat", err)
 		return

@@ -14,8 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -93,8 +91,8 @@ type KubeEvents struct {
 	lastLog atomic.Int64 // unix nanoseconds of the last drop warning
 }
 
-// NewKubeEvents starts writing Events through client (a clientset's
-// CoreV1()). m may be nil.
+// NewKubeEvents starts writing Events through client
+// (NewKubeEventsClient). m may be nil.
 func NewKubeEvents(client KubeEventsClient, opts KubeOptions, m *Metrics) *KubeEvents {
 	k := &KubeEvents{node: opts.Node}
 	bopts := []record.BroadcasterOption{record.WithCorrelatorOptions(record.CorrelatorOptions{SpamKeyFunc: k.takenKey})}
@@ -102,9 +100,9 @@ func NewKubeEvents(client KubeEventsClient, opts KubeOptions, m *Metrics) *KubeE
 		bopts = append(bopts, record.WithSleepDuration(opts.RetryInterval))
 	}
 	k.broadcaster = record.NewBroadcaster(bopts...)
-	k.sink = &countingSink{next: &typedcorev1.EventSinkImpl{Interface: client.Events("")}, counts: kubeCounters(m)}
+	k.sink = &countingSink{next: client, counts: kubeCounters(m)}
 	k.broadcaster.StartRecordingToSink(k.sink)
-	k.recorder = k.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: KubeComponent, Host: opts.Node})
+	k.recorder = k.broadcaster.NewRecorder(eventsScheme, corev1.EventSource{Component: KubeComponent, Host: opts.Node})
 	return k
 }
 

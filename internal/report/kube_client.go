@@ -1,13 +1,19 @@
 package report
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"time"
 
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 )
 
 // kubeRequestTimeout bounds one request to the API server, so that a server
@@ -46,14 +52,61 @@ func KubeRESTConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// KubeEventsClient is what the Events sink writes with (a clientset's CoreV1()).
-type KubeEventsClient = typedcorev1.EventsGetter
+// KubeEventsClient is what the Events sink writes with: the record
+// machinery's EventSink, core/v1 Events through a REST client of
+// client-go's.
+type KubeEventsClient = record.EventSink
 
-// NewKubeEventsClient is the core/v1 client the Events sink writes with.
+// eventsScheme knows the core/v1 types alone. client-go's typed clients
+// (typed/core/v1 too) go through kubernetes/scheme, which links and
+// registers every API group: measured (bench/preempt -idle 1500
+// -idle-limited-pods 1), the binary 43.6 MB against 28.2, RSS at rest
+// 41 MiB against 31 (the binary's pages, which a container's first read
+// charges to its cgroup), heap 1 MiB more, for Events on Pods and Nodes.
+var eventsScheme = func() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(corev1.AddToScheme(s))
+	return s
+}()
+
+// NewKubeEventsClient is the core/v1 REST client the Events sink writes
+// with, set up as client-go's typed core/v1 client sets up its own.
 func NewKubeEventsClient(cfg *rest.Config) (KubeEventsClient, error) {
-	c, err := typedcorev1.NewForConfig(cfg)
+	c := rest.CopyConfig(cfg)
+	c.GroupVersion = &corev1.SchemeGroupVersion
+	c.APIPath = "/api"
+	c.NegotiatedSerializer = serializer.NewCodecFactory(eventsScheme).WithoutConversion()
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	rc, err := rest.RESTClientFor(c)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
 	}
-	return c, nil
+	return eventSink{rc}, nil
+}
+
+// eventSink writes Events in their own namespace, as typed/core/v1's
+// EventSinkImpl does.
+type eventSink struct{ c rest.Interface }
+
+func (s eventSink) Create(ev *corev1.Event) (*corev1.Event, error) {
+	out := &corev1.Event{}
+	err := s.c.Post().NamespaceIfScoped(ev.Namespace, ev.Namespace != "").Resource("events").
+		Body(ev).Do(context.Background()).Into(out)
+	return out, err
+}
+
+func (s eventSink) Update(ev *corev1.Event) (*corev1.Event, error) {
+	out := &corev1.Event{}
+	err := s.c.Put().NamespaceIfScoped(ev.Namespace, ev.Namespace != "").Resource("events").Name(ev.Name).
+		Body(ev).Do(context.Background()).Into(out)
+	return out, err
+}
+
+func (s eventSink) Patch(ev *corev1.Event, data []byte) (*corev1.Event, error) {
+	out := &corev1.Event{}
+	err := s.c.Patch(types.StrategicMergePatchType).NamespaceIfScoped(ev.Namespace, ev.Namespace != "").Resource("events").Name(ev.Name).
+		Body(data).Do(context.Background()).Into(out)
+	return out, err
 }
