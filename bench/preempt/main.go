@@ -15,7 +15,7 @@
 // a kernel OOM kill to its event, and the guard's idle cost with many
 // guarded cgroups.
 //
-//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000] [-oldkernel 3.10] [-respawn 20s] [-storm 100]
+//	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-idle 1000] [-oldkernel 3.10] [-respawn 20s] [-storm 100] [-reset-stall 10000]
 //	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events,events+high,poll+events+high]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
@@ -58,6 +58,8 @@ type config struct {
 	EventRuns  int           // kernel OOM kills for the kill-to-event latency; 0 skips it
 	Respawn    time.Duration // v1: the respawning workload's duration; 0 skips it
 	Storm      int           // v1: cgroups in the storm; 0 skips it
+	ResetStall int           // v1: known cgroups for the loop's stall during inotify resets (stall.go); 0 skips it
+	StallRuns  int           // v1: races per limit started during resets
 }
 
 // envConfig carries the v2 config into the VM.
@@ -78,6 +80,8 @@ func main() {
 	flag.IntVar(&v1.EventRuns, "event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
 	flag.DurationVar(&v1.Respawn, "respawn", 20*time.Second, "v1: how long the respawning workload runs (0 skips it)")
 	flag.IntVar(&v1.Storm, "storm", 100, "v1: cgroups crossing at once in the storm (0 skips it)")
+	flag.IntVar(&v1.ResetStall, "reset-stall", 0, "v1: known cgroups (one in ten limited) for the loop's longest stall during inotify resets, and races run during resets (0 skips it)")
+	flag.IntVar(&v1.StallRuns, "reset-stall-runs", 20, "v1: races per limit (64 MiB, 1 GiB) started during inotify resets")
 	doV1 := flag.Bool("v1", true, "run the cgroup v1 benchmark on this machine (root, v1 memory hierarchy)")
 	doV2 := flag.Bool("v2", true, "run the cgroup v2 benchmark in the VM (internal/testenv/vm; scripts/vm-kernel)")
 	v2Runs := flag.Int("v2-runs", 20, "v2: runs per mechanism, limit and thread count")
@@ -93,7 +97,7 @@ func main() {
 	v1.Runs, v1.Limits, v1.Threads = *runs, ints(*limits), ints(*threads)
 	v2 = v1
 	v2.Runs, v2.Limits, v2.Mechanisms, v2.GuardBin = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), ""
-	v2.Respawn, v2.Storm = 0, 0
+	v2.Respawn, v2.Storm, v2.ResetStall = 0, 0, 0
 	failed := false
 	if *doV1 {
 		if err := run(v1Hierarchy, v1, os.Stdout); err != nil {
@@ -265,6 +269,11 @@ func run(h hierarchy, c config, out io.Writer) error {
 	}
 	if c.Storm > 0 {
 		if err := stormRow(h, top, c.Storm, out); err != nil {
+			return err
+		}
+	}
+	if c.ResetStall > 0 {
+		if err := stallRow(h, top, c.ResetStall, c.StallRuns, out); err != nil {
 			return err
 		}
 	}

@@ -121,8 +121,10 @@ type Guard struct {
 	reclaims  chan string
 	nextReset time.Time
 
-	alive atomic.Int64 // unix nanos of the loop's last turn
-	done  atomic.Bool
+	alive    atomic.Int64 // unix nanos of the loop's last turn
+	busyMax  atomic.Int64 // the longest busy turn, ns (busy.go)
+	resetAsk chan struct{}
+	done     atomic.Bool
 	// Observe, if set, is called in the loop after each action with the
 	// time from the kernel's notification to the signal (for benchmarks).
 	Observe func(reaction time.Duration)
@@ -146,7 +148,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
-		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
+		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1), resetAsk: make(chan struct{}, 1),
 		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
@@ -215,10 +217,16 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		}
 	})
 
+	var notified time.Time
 	for {
-		g.alive.Store(g.clock.Now().UnixNano())
-		ready, woken, err := g.poller.Wait(g.nextTimeout(g.clock.Now()))
-		notified := g.clock.Now()
+		now := g.clock.Now()
+		g.alive.Store(now.UnixNano())
+		timeout := g.nextTimeout(now)
+		if !notified.IsZero() {
+			g.noteBusy(g.clock.Now().Sub(notified))
+		}
+		ready, woken, err := g.poller.Wait(timeout)
+		notified = g.clock.Now()
 		if err != nil {
 			return err
 		}
@@ -237,6 +245,11 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		select {
 		case found := <-g.walks:
 			g.applyWalk(found)
+		default:
+		}
+		select {
+		case <-g.resetAsk:
+			g.nextReset = g.clock.Now()
 		default:
 		}
 		g.runTimers(g.clock.Now())
