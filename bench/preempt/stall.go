@@ -116,7 +116,6 @@ func stallRow(h hierarchy, top string, n, runs int, out io.Writer) error {
 	return nil
 }
 
-
 // raceDuringReset starts a hog in a new cgroup of limit bytes and, when
 // its usage is a few tens of milliseconds of allocation below the
 // threshold, resets the guard's inotify watches: the crossing comes while
