@@ -88,39 +88,49 @@ func stallRow(h hierarchy, top string, n, runs int, out io.Writer) error {
 		stalls = append(stalls, g.TakeLoopBusyMax())
 	}
 	fmt.Fprintf(os.Stderr, "reset stall: ready %v, idle %v, resets %v\n", ready, idle, stalls)
-	won := map[int]int{}
+	// The same races without a reset first: what the machine's load
+	// alone costs.
+	type key struct {
+		reset bool
+		limit int
+	}
+	won := map[key]int{}
 	var raceStall time.Duration
-	limits := []int{64, 1024}
-	for _, lim := range limits {
-		for i := 0; i < runs; i++ {
-			who, err := raceDuringReset(h, g, fmt.Sprintf("%s/race-l%d-r%d", base, lim, i), uint64(lim)<<20, int64(limited), col, arm)
-			if err != nil {
-				return err
-			}
-			raceStall = max(raceStall, g.TakeLoopBusyMax())
-			if who == "guard" {
-				won[lim]++
-			} else {
-				fmt.Fprintf(os.Stderr, "reset stall: race %d MiB #%d: %s\n", lim, i, who)
+	for _, reset := range []bool{false, true} {
+		for _, lim := range []int{64, 1024} {
+			for i := 0; i < runs; i++ {
+				rel := fmt.Sprintf("%s/race-%v-l%d-r%d", base, reset, lim, i)
+				who, err := raceDuringReset(h, g, rel, uint64(lim)<<20, reset, int64(limited), col, arm)
+				if err != nil {
+					return err
+				}
+				if reset {
+					raceStall = max(raceStall, g.TakeLoopBusyMax())
+				}
+				if who == "guard" {
+					won[key{reset, lim}]++
+				} else {
+					fmt.Fprintf(os.Stderr, "reset stall: race %d MiB #%d (reset %v): %s\n", lim, i, reset, who)
+				}
 			}
 		}
 	}
 	sort.Slice(stalls, func(i, j int) bool { return stalls[i] < stalls[j] })
 	fmt.Fprintf(out, "\nThe loop during inotify resets on cgroup %s (%s): %d known cgroups, %d of them limited (256 MiB) and guarded; the guard's own longest busy turn (load average %s)\n\n",
 		h.version, kernelRelease(), n, limited, loadAvg())
-	fmt.Fprintln(out, "| known | guarded | ready after | longest turn at rest | longest turn after a reset (median, max of 5) | races started during a reset: 64 MiB | 1 GiB | longest turn in the races | reaction p50 | reaction max |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|")
-	fmt.Fprintf(out, "| %d | %d | %v | %s | %s, %s | %d/%d | %d/%d | %s | %v | %v |\n", n, limited, ready.Round(time.Millisecond), ms(idle),
-		ms(stalls[len(stalls)/2]), ms(stalls[len(stalls)-1]), won[64], runs, won[1024], runs, ms(raceStall),
-		us(pct(col.react, 0.5)), us(pct(col.react, 1)))
+	fmt.Fprintln(out, "| known | guarded | ready after | longest turn at rest | longest turn after a reset (median, max of 5) | races won, no reset: 64 MiB | 1 GiB | races won, started during a reset: 64 MiB | 1 GiB | longest turn in those races | reaction p50 | reaction max |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(out, "| %d | %d | %v | %s | %s, %s | %d/%d | %d/%d | %d/%d | %d/%d | %s | %v | %v |\n", n, limited, ready.Round(time.Millisecond), ms(idle),
+		ms(stalls[len(stalls)/2]), ms(stalls[len(stalls)-1]), won[key{false, 64}], runs, won[key{false, 1024}], runs,
+		won[key{true, 64}], runs, won[key{true, 1024}], runs, ms(raceStall), us(pct(col.react, 0.5)), us(pct(col.react, 1)))
 	return nil
 }
 
-// raceDuringReset starts a hog in a new cgroup of limit bytes and, when
-// its usage is a few tens of milliseconds of allocation below the
-// threshold, resets the guard's inotify watches: the crossing comes while
-// the reset is under way. It says who killed the hog.
-func raceDuringReset(h hierarchy, g *guard.Guard, rel string, limit uint64, guarded int64, col *collector, arm *armed) (string, error) {
+// raceDuringReset starts a hog in a new cgroup of limit bytes and, with
+// reset, when its usage is a few tens of milliseconds of allocation below
+// the threshold, resets the guard's inotify watches: the crossing comes
+// while the reset is under way. It says who killed the hog.
+func raceDuringReset(h hierarchy, g *guard.Guard, rel string, limit uint64, reset bool, guarded int64, col *collector, arm *armed) (string, error) {
 	if err := h.mkLimited(rel, limit); err != nil {
 		return "", err
 	}
@@ -134,11 +144,13 @@ func raceDuringReset(h hierarchy, g *guard.Guard, rel string, limit uint64, guar
 	}
 	exited := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		resetNear(h, g, rel, limit-min(limit/2, 96<<20), exited)
-	}()
+	if reset {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resetNear(h, g, rel, limit-min(limit/2, 96<<20), exited)
+		}()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- hog.Wait() }()
 	select {
@@ -160,7 +172,9 @@ func raceDuringReset(h hierarchy, g *guard.Guard, rel string, limit uint64, guar
 		byGuard = col.killed[hog.Process.Pid]
 		col.mu.Unlock()
 	}
-	time.Sleep(2500 * time.Millisecond) // the reset's walk ends before the next race
+	if reset {
+		time.Sleep(2500 * time.Millisecond) // the reset's walk ends before the next race
+	}
 	switch {
 	case kills > 0:
 		return "kernel", nil

@@ -153,6 +153,9 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 	if m == nil {
 		m = NopMetrics{}
 	}
+	if cfg.Registrars == 0 {
+		cfg.Registrars = registrars
+	}
 	return &Guard{
 		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
@@ -160,7 +163,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		parents: map[string]int{}, journal: map[string]entry{}, journalAsk: make(chan struct{}, 1), journals: make(chan map[string]entry, 1),
 		walks: make(chan []change, 1), walkAsk: make(chan struct{}, 1), resetAsk: make(chan struct{}, 1),
 		resetWork: make(chan struct{}, 1), resets: make(chan reset, 1),
-		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
+		registered: make(chan *registration, cfg.Registrars), regSlots: make(chan struct{}, cfg.Registrars), ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
 }

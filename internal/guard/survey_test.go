@@ -195,8 +195,12 @@ func TestApplyHandedOverDifferences(t *testing.T) {
 				}
 			}},
 		{name: "created (inotify) with what was made below before its watch",
-			setup: func(g *Guard, k *fakeKernel) { k.mkcg("/pod", unl, 0); k.mkcg("/pod/c1", fLimit, 0); k.mkcg("/pod/c1/x", unl, 0) },
-			ch:    change{created, "/pod"},
+			setup: func(g *Guard, k *fakeKernel) {
+				k.mkcg("/pod", unl, 0)
+				k.mkcg("/pod/c1", fLimit, 0)
+				k.mkcg("/pod/c1/x", unl, 0)
+			},
+			ch: change{created, "/pod"},
 			check: func(t *testing.T, g *Guard, k *fakeKernel) {
 				for _, rel := range []string{"/pod", "/pod/c1", "/pod/c1/x"} {
 					if g.known[rel] == nil {
