@@ -109,17 +109,38 @@ func (g *Guard) add(rel string) {
 	g.parents[path.Dir(rel)]++
 	g.noteKnown(c)
 	g.watchDir(rel)
-	if n, err := g.mem.OOMKills(rel); err == nil {
-		c.oomKills = n
-	}
-	limit, err := g.mem.Limit(rel)
-	if err != nil {
-		if cgroup.IsNotExist(err) {
-			g.forget(c)
+	g.readKnown(c)
+}
+
+// readKnown reads a cgroup's kernel OOM count (the baseline from which
+// kills are counted) and its limit, and guards it accordingly. One that
+// cannot be read for want of a resource is read again later: with a
+// baseline of 0 it would report as new every kill the kernel made before.
+func (g *Guard) readKnown(c *cg) {
+	n, err := g.mem.OOMKills(c.rel)
+	if err == nil {
+		var limit uint64
+		if limit, err = g.mem.Limit(c.rel); err == nil {
+			c.oomKills = n
+			g.setLimit(c, limit)
+			return
 		}
+	}
+	if cgroup.IsNotExist(err) {
+		g.forget(c)
 		return
 	}
-	g.setLimit(c, limit)
+	c.unread = true
+	g.retryLater(c, "read", err)
+}
+
+// readAgain is readKnown for a cgroup that could not be read before.
+func (g *Guard) readAgain(c *cg) {
+	c.unread = false
+	g.readKnown(c)
+	if !c.unread && g.known[c.rel] == c && !c.registering && (c.guarded() || c.limit == cgroup.Unlimited) {
+		g.dropRetry(c)
+	}
 }
 
 // addTree adds a new cgroup and whatever was created below it before its
@@ -214,11 +235,17 @@ func (g *Guard) onInotify() {
 }
 
 func (g *Guard) refreshLimit(c *cg) {
+	if c.unread {
+		return // read again at its retry
+	}
 	limit, err := g.mem.Limit(c.rel)
 	if err != nil {
 		if cgroup.IsNotExist(err) {
 			g.forget(c)
+			return
 		}
+		c.unread = true
+		g.retryLater(c, "read limit", err)
 		return
 	}
 	if limit != c.limit {

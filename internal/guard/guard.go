@@ -57,6 +57,9 @@ type cg struct {
 	softLimitSaved bool
 	softLimitSet   uint64 // the guard's own, as the kernel keeps it (whole pages)
 
+	// unread: its limit or kernel OOM count could not be read (EMFILE,
+	// ENOMEM); read again with the registrations' back-off (readAgain).
+	unread      bool
 	registering bool        // a registration of its notifications is under way
 	retries     int         // registrations failed in a row (retryLater)
 	retryAt     time.Time   // zero: no retry pending
@@ -111,6 +114,7 @@ type Guard struct {
 	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
 	records        *records       // what the guard wrote into cgroups, for a successor (record.go); nil: none
 	inFlight       int            // registrations started, not yet installed
+	baseFds        int            // fds open at the start (fds.go)
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
 	ready          chan struct{}
@@ -127,8 +131,10 @@ type Guard struct {
 	resetWork  chan struct{}
 	resets     chan reset
 	resetting  bool // a reset is with the surveyor
-	reclaims   chan string
-	nextReset  time.Time
+	// surveyWarned: a walk's failure was logged; the surveyor's own.
+	surveyWarned bool
+	reclaims     chan string
+	nextReset    time.Time
 
 	alive    atomic.Int64 // unix nanos of the loop's last turn
 	busyMax  atomic.Int64 // the longest busy turn, ns (busy.go)
@@ -217,6 +223,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	// Kills under way finish, and report, before the guard lets go.
 	defer g.killers.Wait()
 
+	g.baseFds = countFds()
 	g.started = g.clock.Now()
 	g.listAll()
 	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.changes), g.mem.FS().Root, g.clock.Now().Sub(g.started).Round(time.Microsecond))

@@ -86,10 +86,12 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 			closeWatcher(in)
 			return
 		}
+		complete := err == nil
 		if in != nil {
 			r := reset{in: in}
 			if err != nil {
-				// Fewer watches than the loop has now: keep those.
+				// Fewer watches than the loop has now (a directory not
+				// watched, or not listed): keep those.
 				closeWatcher(in)
 				r = reset{err: err}
 			}
@@ -103,7 +105,7 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 		if !g.syncShadow(shadow, quit) {
 			return
 		}
-		diff := compare(all, shadow)
+		diff := compare(all, shadow, complete)
 		if len(diff) == 0 {
 			continue
 		}
@@ -134,7 +136,8 @@ func (g *Guard) handReset(r reset, quit <-chan struct{}) bool {
 	}
 }
 
-// survey lists every cgroup under the root with its limit. With in, it
+// survey lists every cgroup under the root with its limit; with an error,
+// those it could list before the walk stopped. With in, it
 // watches each directory first: a sub-cgroup made after the watch is in
 // place is in in's queue, one made before is in the listing that follows,
 // so no directory falls between the two.
@@ -155,8 +158,9 @@ func (g *Guard) survey(in DirWatcher, quit <-chan struct{}) ([]found, error) {
 		}
 		limit, err := g.mem.Limit(rel)
 		if err != nil {
-			if !cgroup.IsNotExist(err) {
-				klog.Warningf("cgroup %s: %v", rel, err)
+			if !cgroup.IsNotExist(err) && !g.surveyWarned {
+				klog.Warningf("cgroup %s: %v (said once until a walk succeeds)", rel, err)
+				g.surveyWarned = true
 			}
 			return nil
 		}
@@ -169,8 +173,15 @@ func (g *Guard) survey(in DirWatcher, quit <-chan struct{}) ([]found, error) {
 	case watchErr != nil:
 		return nil, fmt.Errorf("walk %s: %w", g.mem.FS().Root, watchErr)
 	case err != nil:
-		klog.Errorf("walk %s: %v", g.mem.FS().Root, err)
+		// Out of fds, say: what was listed is handed over, and nothing
+		// is taken for vanished.
+		if !g.surveyWarned {
+			klog.Errorf("walk %s: %v (said once until a walk succeeds)", g.mem.FS().Root, err)
+			g.surveyWarned = true
+		}
+		return all, fmt.Errorf("walk %s: %w", g.mem.FS().Root, err)
 	}
+	g.surveyWarned = false
 	return all, nil
 }
 
@@ -204,8 +215,8 @@ func applyJournal(shadow map[string]uint64, journal map[string]entry) {
 
 // compare is what a walk found that the loop (as the shadow says) does
 // not know: cgroups appeared (parents first, as walked), limits moved,
-// cgroups vanished.
-func compare(all []found, shadow map[string]uint64) []change {
+// and, after a complete walk, cgroups vanished.
+func compare(all []found, shadow map[string]uint64, complete bool) []change {
 	var diff []change
 	seen := make(map[string]struct{}, len(all))
 	for _, f := range all {
@@ -216,6 +227,9 @@ func compare(all []found, shadow map[string]uint64) []change {
 		case limit != f.limit:
 			diff = append(diff, change{limitMoved, f.rel})
 		}
+	}
+	if !complete {
+		return diff
 	}
 	var gone []change
 	for rel := range shadow {

@@ -22,10 +22,11 @@ const unl = cgroup.Unlimited
 // (the shadow), never the whole hierarchy.
 func TestCompareHandsOverDifferences(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		found  []found
-		shadow map[string]uint64
-		want   []change
+		name    string
+		found   []found
+		shadow  map[string]uint64
+		partial bool // the walk stopped short (EMFILE)
+		want    []change
 	}{
 		{name: "nothing new: nothing handed over",
 			found:  []found{{"/", unl}, {"/a", fLimit}, {"/b", unl}},
@@ -42,13 +43,17 @@ func TestCompareHandsOverDifferences(t *testing.T) {
 			found:  []found{{"/", unl}, {"/a", fLimit}, {"/b", 2 * fLimit}, {"/c", unl}},
 			shadow: map[string]uint64{"/": unl, "/a": unl, "/b": fLimit, "/c": fLimit},
 			want:   []change{{limitMoved, "/a"}, {limitMoved, "/b"}, {limitMoved, "/c"}}},
+		{name: "a walk stopped short: nothing taken for vanished", partial: true,
+			found:  []found{{"/", unl}, {"/new", fLimit}},
+			shadow: map[string]uint64{"/": unl, "/unlisted": fLimit},
+			want:   []change{{appeared, "/new"}}},
 		{name: "all at once",
 			found:  []found{{"/", unl}, {"/new", fLimit}, {"/moved", fLimit}},
 			shadow: map[string]uint64{"/": unl, "/moved": unl, "/gone": fLimit},
 			want:   []change{{appeared, "/new"}, {limitMoved, "/moved"}, {vanished, "/gone"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := compare(tc.found, tc.shadow); !slices.Equal(got, tc.want) {
+			if got := compare(tc.found, tc.shadow, !tc.partial); !slices.Equal(got, tc.want) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
