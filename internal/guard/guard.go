@@ -131,6 +131,7 @@ type Guard struct {
 	resetWork  chan struct{}
 	resets     chan reset
 	resetting  bool // a reset is with the surveyor
+	firstWalk  bool // the start's walk is not in yet
 	// surveyWarned: a walk's failure was logged; the surveyor's own.
 	surveyWarned bool
 	reclaims     chan string
@@ -225,9 +226,12 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 
 	g.baseFds = countFds()
 	g.started = g.clock.Now()
-	g.listAll()
-	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.changes), g.mem.FS().Root, g.clock.Now().Sub(g.started).Round(time.Microsecond))
-	g.logStarted()
+	// The first walk is the surveyor's, like any other, with the first
+	// reset (each directory watched before it is listed, so none made
+	// meanwhile is missed): the loop turns from the start, and adds what
+	// it finds, the limited cgroups first.
+	g.firstWalk = true
+	g.startReset()
 
 	g.goAside(func() { g.surveyor(quit) })
 	g.goAside(func() { g.reclaimer(quit) })
@@ -454,18 +458,6 @@ func (g *Guard) firstWatcher() error {
 	return nil
 }
 
-// listAll queues every cgroup under the root as found, for the loop to
-// add in batches; the limited ones are registered as they are added.
-func (g *Guard) listAll() {
-	err := g.mem.FS().Walk("/", func(rel string) error {
-		g.queue(change{appeared, rel})
-		return nil
-	})
-	if err != nil {
-		klog.Errorf("walk %s: %v", g.mem.FS().Root, err)
-	}
-}
-
 // startReset asks the surveyor to re-create every inotify watch from
 // scratch in a new instance, and to walk the hierarchy to catch whatever
 // happened between the old watches and the new (survey.go). The old
@@ -499,7 +491,12 @@ func (g *Guard) takeHandovers() {
 	}
 	select {
 	case diff := <-g.walks:
+		if g.firstWalk {
+			klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(diff), g.mem.FS().Root, g.clock.Now().Sub(g.started).Round(time.Microsecond))
+			g.firstWalk = false
+		}
 		g.queue(diff...)
+		g.logStarted()
 	default:
 	}
 	select {

@@ -196,7 +196,7 @@ func (g *Guard) sayOddLimit(c *cg, r *registration) {
 
 // logStarted says, once, when the cgroups found at the start are guarded.
 func (g *Guard) logStarted() {
-	if g.started.IsZero() || g.inFlight > 0 || len(g.changes) > 0 {
+	if g.started.IsZero() || g.firstWalk || g.inFlight > 0 || len(g.changes) > 0 {
 		return
 	}
 	klog.Infof("guarding %d of %d cgroups under %s (%s, policy %s), ready %v after start",

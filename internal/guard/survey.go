@@ -61,6 +61,7 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 	tick := time.NewTicker(g.cfg.WalkInterval)
 	defer tick.Stop()
 	shadow := map[string]uint64{}
+	first := true // the start's walk is handed over even if it finds nothing
 	for {
 		rewatch := false
 		select {
@@ -78,7 +79,10 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 				if !g.handReset(reset{err: err}, quit) {
 					return
 				}
-				continue
+				if !first {
+					continue
+				}
+				in = nil // the start's walk is made all the same
 			}
 		}
 		all, err := g.survey(in, quit)
@@ -98,7 +102,7 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 			if !g.handReset(r, quit) {
 				return
 			}
-			if err != nil {
+			if err != nil && !first {
 				continue
 			}
 		}
@@ -106,9 +110,10 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 			return
 		}
 		diff := compare(all, shadow, complete)
-		if len(diff) == 0 {
+		if len(diff) == 0 && !first {
 			continue
 		}
+		first = false
 		select {
 		case g.walks <- diff:
 			g.poller.Wake()
@@ -214,20 +219,26 @@ func applyJournal(shadow map[string]uint64, journal map[string]entry) {
 }
 
 // compare is what a walk found that the loop (as the shadow says) does
-// not know: cgroups appeared (parents first, as walked), limits moved,
-// and, after a complete walk, cgroups vanished.
+// not know: cgroups appeared with a limit, limits moved, cgroups appeared
+// without a limit (each as walked, parents first), and, after a complete
+// walk, cgroups vanished. The limited come first: at the start, with ten
+// unlimited cgroups to each limited one, their registrations, the slow
+// part, begin at once.
 func compare(all []found, shadow map[string]uint64, complete bool) []change {
-	var diff []change
+	var diff, moved, unlimited []change
 	seen := make(map[string]struct{}, len(all))
 	for _, f := range all {
 		seen[f.rel] = struct{}{}
 		switch limit, ok := shadow[f.rel]; {
+		case !ok && f.limit == cgroup.Unlimited:
+			unlimited = append(unlimited, change{appeared, f.rel})
 		case !ok:
 			diff = append(diff, change{appeared, f.rel})
 		case limit != f.limit:
-			diff = append(diff, change{limitMoved, f.rel})
+			moved = append(moved, change{limitMoved, f.rel})
 		}
 	}
+	diff = append(append(diff, moved...), unlimited...)
 	if !complete {
 		return diff
 	}

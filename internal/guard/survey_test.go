@@ -31,10 +31,10 @@ func TestCompareHandsOverDifferences(t *testing.T) {
 		{name: "nothing new: nothing handed over",
 			found:  []found{{"/", unl}, {"/a", fLimit}, {"/b", unl}},
 			shadow: map[string]uint64{"/": unl, "/a": fLimit, "/b": unl}},
-		{name: "appeared, parents first as walked",
-			found:  []found{{"/", unl}, {"/a", unl}, {"/a/x", fLimit}, {"/b", unl}},
-			shadow: map[string]uint64{"/": unl, "/b": unl},
-			want:   []change{{appeared, "/a"}, {appeared, "/a/x"}}},
+		{name: "appeared, as walked, the limited first",
+			found:  []found{{"/", unl}, {"/a", unl}, {"/a/x", fLimit}, {"/a/y", unl}, {"/b", fLimit}},
+			shadow: map[string]uint64{"/": unl},
+			want:   []change{{appeared, "/a/x"}, {appeared, "/b"}, {appeared, "/a"}, {appeared, "/a/y"}}},
 		{name: "vanished, in order",
 			found:  []found{{"/", unl}},
 			shadow: map[string]uint64{"/": unl, "/b": unl, "/a": fLimit},
@@ -51,6 +51,10 @@ func TestCompareHandsOverDifferences(t *testing.T) {
 			found:  []found{{"/", unl}, {"/new", fLimit}, {"/moved", fLimit}},
 			shadow: map[string]uint64{"/": unl, "/moved": unl, "/gone": fLimit},
 			want:   []change{{appeared, "/new"}, {limitMoved, "/moved"}, {vanished, "/gone"}}},
+		{name: "the start: everything appeared, the limited first",
+			found:  []found{{"/", unl}, {"/u", unl}, {"/l", fLimit}},
+			shadow: map[string]uint64{},
+			want:   []change{{appeared, "/l"}, {appeared, "/"}, {appeared, "/u"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := compare(tc.found, tc.shadow, !tc.partial); !slices.Equal(got, tc.want) {
