@@ -72,54 +72,64 @@ func (g *Guard) surveyor(quit <-chan struct{}) {
 		case <-g.resetWork:
 			rewatch = true
 		}
-		var in DirWatcher
-		if rewatch {
-			var err error
-			if in, err = g.kernel.NewWatcher(); err != nil {
-				if !g.handReset(reset{err: err}, quit) {
-					return
-				}
-				if !first {
-					continue
-				}
-				in = nil // the start's walk is made all the same
-			}
-		}
-		all, err := g.survey(in, quit)
-		if errors.Is(err, errStopped) {
-			closeWatcher(in)
+		if !g.surveyOnce(shadow, rewatch, first, quit) {
 			return
-		}
-		complete := err == nil
-		if in != nil {
-			r := reset{in: in}
-			if err != nil {
-				// Fewer watches than the loop has now (a directory not
-				// watched, or not listed): keep those.
-				closeWatcher(in)
-				r = reset{err: err}
-			}
-			if !g.handReset(r, quit) {
-				return
-			}
-			if err != nil && !first {
-				continue
-			}
-		}
-		if !g.syncShadow(shadow, quit) {
-			return
-		}
-		diff := compare(all, shadow, complete)
-		if len(diff) == 0 && !first {
-			continue
 		}
 		first = false
-		select {
-		case g.walks <- diff:
-			g.poller.Wake()
-		case <-quit:
-			return
+	}
+}
+
+// surveyOnce walks (re-watching everything in a new inotify instance if
+// rewatch), hands the instance over, then the differences from what the
+// loop knows; false if the guard stops meanwhile. A refused reset makes
+// no walk, but at the start.
+func (g *Guard) surveyOnce(shadow map[string]uint64, rewatch, first bool, quit <-chan struct{}) bool {
+	var in DirWatcher
+	if rewatch {
+		var err error
+		if in, err = g.kernel.NewWatcher(); err != nil {
+			if !g.handReset(reset{err: err}, quit) {
+				return false
+			}
+			if !first {
+				return true
+			}
+			in = nil
 		}
+	}
+	all, err := g.survey(in, quit)
+	if errors.Is(err, errStopped) {
+		closeWatcher(in)
+		return false
+	}
+	if in != nil {
+		r := reset{in: in}
+		if err != nil {
+			// Fewer watches than the loop has now (a directory not
+			// watched, or not listed): keep those.
+			closeWatcher(in)
+			r = reset{err: err}
+		}
+		if !g.handReset(r, quit) {
+			return false
+		}
+		if err != nil && !first {
+			return true
+		}
+	}
+	if !g.syncShadow(shadow, quit) {
+		return false
+	}
+	diff := compare(all, shadow, err == nil)
+	if len(diff) == 0 && !first {
+		return true
+	}
+	select {
+	case g.walks <- diff:
+		g.poller.Wake()
+		return true
+	case <-quit:
+		return false
 	}
 }
 
