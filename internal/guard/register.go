@@ -32,6 +32,7 @@ type registration struct {
 	threshold, early  uint64
 	full              bool // with the OOM watch: a first registration, not a re-arm
 	thw, earlyw, oomw notify.Watch
+	files             Files  // a first registration's kept-open files
 	what              string // which step failed
 	err               error
 }
@@ -41,6 +42,9 @@ func (r *registration) close() {
 		if w != nil {
 			w.Close()
 		}
+	}
+	if r.files != nil {
+		r.files.Close()
 	}
 }
 
@@ -93,6 +97,12 @@ func (g *Guard) makeWatches(r *registration) {
 	if r.full {
 		if r.oomw, r.err = g.notifier.OOM(rel); r.err != nil {
 			r.what = "register OOM notification"
+			return
+		}
+		// Opened here too: three opens of cgroup files can wait in the
+		// kernel for milliseconds under load, which the loop must not.
+		if r.files, r.err = g.mem.Handle(rel); r.err != nil {
+			r.what = "open"
 		}
 	}
 }
@@ -127,8 +137,15 @@ func (g *Guard) install(r *registration) {
 	if r.full && !c.guarded() {
 		ok = g.installGuard(c, r)
 	} else {
+		// A re-arm keeps c's own; nil, so that a failed re-arm's close
+		// does not close them twice (by then perhaps another file's fd).
 		if r.oomw != nil {
 			r.oomw.Close()
+			r.oomw = nil
+		}
+		if r.files != nil {
+			r.files.Close()
+			r.files = nil
 		}
 		ok = g.installRearm(c, r)
 	}
@@ -139,19 +156,12 @@ func (g *Guard) install(r *registration) {
 
 // installGuard starts guarding c with r's watches.
 func (g *Guard) installGuard(c *cg, r *registration) bool {
-	files, err := g.mem.Handle(c.rel)
-	if err != nil {
-		r.close()
-		g.retryLater(c, "open", err)
-		return false
-	}
 	if err := g.watchFds(c, r.thw, r.earlyw, r.oomw); err != nil {
-		files.Close()
 		r.close()
 		g.retryLater(c, "watch", err)
 		return false
 	}
-	c.thw, c.earlyw, c.oomw, c.files = r.thw, r.earlyw, r.oomw, files
+	c.thw, c.earlyw, c.oomw, c.files = r.thw, r.earlyw, r.oomw, r.files
 	c.threshold, c.early, c.armedLimit = r.threshold, r.early, r.limit
 	g.guarded++
 	g.metrics.SetGuarded(g.guarded)
