@@ -17,6 +17,7 @@
 //
 //	go run ./bench/preempt [-runs 20] [-limits 64,256,1024] [-threads 1,2] [-oldkernel 3.10] [-respawn 20s] [-storm 100]
 //	    [-idle 1000,5000,10000] [-idle-limited-pods 0.6] [-idle-limit 60Mi -idle-gomemlimit 45MiB] [-churn 10]
+//	    [-reset-stall 10000] [-startup 1000,3000 -startup-registrars 16,64]
 //	    [-v2=true] [-v2-runs 20] [-v2-limits 64,256] [-v2-mechanisms events,psi,poll,poll+events,events+high,poll+events+high]
 //
 // Everything it creates lives under oomguard-bench-PID at the top of the
@@ -59,6 +60,10 @@ type config struct {
 	EventRuns  int           // kernel OOM kills for the kill-to-event latency; 0 skips it
 	Respawn    time.Duration // v1: the respawning workload's duration; 0 skips it
 	Storm      int           // v1: cgroups in the storm; 0 skips it
+	ResetStall int           // v1: known cgroups for the loop's stall during inotify resets (stall.go); 0 skips it
+	StallRuns  int           // v1: races per limit started during resets
+	Startup    []int         // limited cgroups to time the start over (startup.go)
+	StartupBy  []int         // registrations at once to compare at start
 }
 
 // envConfig carries the v2 config into the VM.
@@ -84,6 +89,10 @@ func main() {
 	flag.IntVar(&v1.EventRuns, "event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
 	flag.DurationVar(&v1.Respawn, "respawn", 20*time.Second, "v1: how long the respawning workload runs (0 skips it)")
 	flag.IntVar(&v1.Storm, "storm", 100, "v1: cgroups crossing at once in the storm (0 skips it)")
+	flag.IntVar(&v1.ResetStall, "reset-stall", 0, "v1: known cgroups (one in ten limited) for the loop's longest stall during inotify resets, and races run during resets (0 skips it)")
+	flag.IntVar(&v1.StallRuns, "reset-stall-runs", 20, "v1: races per limit (64 MiB, 1 GiB) started during inotify resets")
+	startup := flag.String("startup", "", "limited cgroups to time the guard's start over, e.g. 1000,3000 (empty skips it)")
+	startupBy := flag.String("startup-registrars", "16", "registrations at once to compare at start")
 	doV1 := flag.Bool("v1", true, "run the cgroup v1 benchmark on this machine (root, v1 memory hierarchy)")
 	doV2 := flag.Bool("v2", true, "run the cgroup v2 benchmark in the VM (internal/testenv/vm; scripts/vm-kernel)")
 	v2Runs := flag.Int("v2-runs", 20, "v2: runs per mechanism, limit and thread count")
@@ -117,9 +126,10 @@ func main() {
 		}
 		v1.IdleV1.Limit = q
 	}
+	v1.Startup, v1.StartupBy = ints(*startup), ints(*startupBy)
 	v2 = v1
 	v2.Runs, v2.Limits, v2.Mechanisms, v2.IdleV1 = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), idleSpec{}
-	v2.Respawn, v2.Storm = 0, 0
+	v2.Respawn, v2.Storm, v2.ResetStall, v2.Startup = 0, 0, 0, nil
 	failed := false
 	if *doV1 {
 		if err := run(v1Hierarchy, v1, os.Stdout); err != nil {
@@ -292,6 +302,16 @@ func run(h hierarchy, c config, out io.Writer) error {
 	}
 	if c.Storm > 0 {
 		if err := stormRow(h, top, c.Storm, out); err != nil {
+			return err
+		}
+	}
+	if len(c.Startup) > 0 {
+		if err := startupRows(h, top, c.Startup, c.StartupBy, out); err != nil {
+			return err
+		}
+	}
+	if c.ResetStall > 0 {
+		if err := stallRow(h, top, c.ResetStall, c.StallRuns, out); err != nil {
 			return err
 		}
 	}

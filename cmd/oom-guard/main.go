@@ -305,15 +305,27 @@ func nice(n int) {
 	klog.V(1).Infof("threads at nice %d", n)
 }
 
-// logFileLimit says how many files the guard may open: each guarded cgroup
-// takes three (its eventfds; three more while it is near its limit), and where they run out
-// the guard guards what it can and retries the rest. The Go runtime has
-// raised the soft limit to the hard one already.
+// logFileLimit raises the soft RLIMIT_NOFILE to the hard limit and says
+// both: each guarded cgroup holds three files (its eventfds; three more while
+// it is near its limit), and where they run out the guard guards what it can and retries
+// the rest (oomguard_unguarded_cgroups). The Go runtime raises the soft
+// limit at start already (and puts the original back for children); this
+// does it where it did not, and says so.
 func logFileLimit() {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		klog.Warningf("RLIMIT_NOFILE: %v", err)
 		return
 	}
-	klog.Infof("open files: up to %d (soft limit raised to the hard limit %d)", lim.Cur, lim.Max)
+	if lim.Cur < lim.Max {
+		soft := lim.Cur
+		lim.Cur = lim.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			klog.Warningf("open files: soft limit %d, hard limit %d: raising the soft limit: %v", soft, lim.Max, err)
+			return
+		}
+		klog.Infof("open files: soft limit raised from %d to the hard limit %d", soft, lim.Max)
+		return
+	}
+	klog.Infof("open files: soft limit %d, hard limit %d (the soft one raised to the hard one at start)", lim.Cur, lim.Max)
 }

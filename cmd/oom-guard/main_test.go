@@ -196,6 +196,13 @@ func startDaemon(t *testing.T, root string, guarded int, env []string, args ...s
 // startDaemonCmd starts cmd, which execs the binary, as startDaemon does.
 func startDaemonCmd(t *testing.T, cmd *exec.Cmd, guarded int) *daemon {
 	t.Helper()
+	return startDaemonUntil(t, cmd, fmt.Sprintf("guarding %d of ", guarded))
+}
+
+// startDaemonUntil starts cmd, which execs the binary, and waits until its
+// log says want.
+func startDaemonUntil(t *testing.T, cmd *exec.Cmd, want string) *daemon {
+	t.Helper()
 	d := &daemon{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {
@@ -215,7 +222,6 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd, guarded int) *daemon {
 			t.Logf("oom-guard's log:\n%s", d.stderr.String())
 		}
 	})
-	want := fmt.Sprintf("guarding %d of ", guarded)
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(d.stderr.String(), want) {
 		select {
@@ -224,7 +230,7 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd, guarded int) *daemon {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("oom-guard not guarding %d cgroups within 10s:\n%s", guarded, d.stderr.String())
+			t.Fatalf("oom-guard's log does not say %q within 10s:\n%s", want, d.stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

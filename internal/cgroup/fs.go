@@ -243,11 +243,14 @@ func (fs *FS) ReadUint(rel, file string) (uint64, error) {
 	return v, nil
 }
 
-// Exists tells whether the cgroup directory is there.
+// Exists tells whether the cgroup directory is there. Only an answer that
+// it is gone is taken for no: a directory that cannot be opened for want
+// of file descriptors (EMFILE) is still there, and forgetting it would
+// leave it unguarded until the next walk.
 func (fs *FS) Exists(rel string) bool {
 	f, err := fs.open(rel, "", unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
-		return false
+		return !IsNotExist(err)
 	}
 	f.Close()
 	return true

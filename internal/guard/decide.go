@@ -87,6 +87,9 @@ type Config struct {
 	// after one that died restores the operator's values (record.go);
 	// "" keeps no record.
 	StateFile string
+	// Registrars is how many registrations of notifications run at once
+	// (register.go); 0: registrars.
+	Registrars int
 }
 
 // DefaultConfig is the seed DaemonSet's configuration.
@@ -113,6 +116,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("reclaimable ratio %v outside [0,1)", c.ReclaimableRatio)
 	case c.GuardInterval < 0 || c.RecheckInterval <= 0 || c.ReclaimBudget <= 0:
 		return fmt.Errorf("guard, recheck and reclaim intervals must be positive")
+	case c.Registrars < 0:
+		return fmt.Errorf("registrars %d below 0", c.Registrars)
 	case c.WalkInterval <= 0 || c.InotifyReset <= 0:
 		return fmt.Errorf("walk and inotify reset intervals must be positive")
 	}

@@ -10,74 +10,91 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 )
 
-// walk lists every cgroup under the root with its limit. It only reads, so
-// it runs off the loop (walker); the loop applies the result.
-func (g *Guard) walk() map[string]uint64 {
-	found := map[string]uint64{}
-	err := g.mem.FS().Walk("/", func(rel string) error {
-		limit, err := g.mem.Limit(rel)
-		if err != nil {
-			if !cgroup.IsNotExist(err) {
-				klog.Warningf("cgroup %s: %v", rel, err)
-			}
-			return nil
-		}
-		found[rel] = limit
-		return nil
-	})
-	if err != nil {
-		klog.Errorf("walk %s: %v", g.mem.FS().Root, err)
-	}
-	return found
+// What the loop learns of the hierarchy comes as changes: from inotify
+// (read on the loop, a few at a time) and from the surveyor (survey.go),
+// which walks, re-watches and compares off the loop and hands over only
+// the differences. Changes wait in a queue that the loop works through in
+// small batches between two waits, so that a thousand new cgroups, or a
+// walk that finds ten thousand, never keep it from a crossing for more
+// than about changeBudget.
+type changeKind uint8
+
+const (
+	// appeared: found by a walk, unknown to the loop when compared.
+	appeared changeKind = iota
+	// vanished: known to the loop when compared, not found by the walk.
+	vanished
+	// limitMoved: found by a walk with a limit other than the loop's.
+	limitMoved
+	// created: inotify saw the directory made (with whatever was made
+	// below it before its own watch).
+	created
+	// removed: inotify saw the directory (and so everything below) go.
+	removed
+	// limitWritten: inotify saw the limit file written.
+	limitWritten
+)
+
+type change struct {
+	kind changeKind
+	rel  string
 }
 
-func (g *Guard) walker(quit <-chan struct{}) {
-	tick := time.NewTicker(g.cfg.WalkInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-quit:
-			return
-		case <-tick.C:
-		case <-g.walkAsk:
-		}
-		found := g.walk()
-		select {
-		case g.walks <- found:
-			g.poller.Wake()
-		case <-quit:
-			return
-		}
+// A batch of changes ends after changeBatch changes or changeBudget of
+// wall time, whichever comes first; adding a cgroup costs the loop a
+// watch and two reads (about 20-40 us), forgetting one a few closes.
+const (
+	changeBatch  = 256
+	changeBudget = 500 * time.Microsecond
+)
+
+// queue appends changes for the loop to apply.
+func (g *Guard) queue(chs ...change) { g.changes = append(g.changes, chs...) }
+
+// applyChanges works through one batch of the queued changes.
+func (g *Guard) applyChanges() {
+	if len(g.changes) == 0 {
+		return
 	}
+	start := time.Now()
+	n := 0
+	for n < len(g.changes) && n < changeBatch && (n == 0 || time.Since(start) < changeBudget) {
+		g.apply(g.changes[n])
+		n++
+	}
+	clear(g.changes[:n]) // let go of their strings
+	g.changes = g.changes[n:]
+	if len(g.changes) == 0 {
+		g.changes = nil // the backing array of a large batch goes too
+	}
+	g.logStarted()
 }
 
-// askWalk requests a full walk (after an inotify overflow or reset).
-func (g *Guard) askWalk() {
-	select {
-	case g.walkAsk <- struct{}{}:
-	default:
-	}
-}
-
-// applyWalk reconciles what a walk found with what the loop knows.
-func (g *Guard) applyWalk(found map[string]uint64) {
-	for rel, limit := range found {
-		c, ok := g.known[rel]
-		if !ok {
-			g.add(rel)
-			continue
+// apply brings one change into what the loop knows. A walk's changes were
+// compared with what the loop knew a moment ago: each is checked against
+// what it knows now.
+func (g *Guard) apply(ch change) {
+	c, known := g.known[ch.rel]
+	switch ch.kind {
+	case appeared:
+		if !known {
+			g.add(ch.rel)
 		}
-		if limit != c.limit {
-			// The walk read its limits a while ago, off the loop; inotify
-			// may have brought a newer one since. Read it again rather
-			// than let a stale walk unguard a cgroup just armed.
-			g.refreshLimit(c)
-		}
-	}
-	for rel, c := range g.known {
-		if _, ok := found[rel]; !ok && !g.mem.FS().Exists(rel) {
+	case vanished:
+		if known && !g.mem.FS().Exists(ch.rel) {
 			g.forget(c)
 		}
+	case limitMoved, limitWritten:
+		// The limit was read a while ago, off the loop (or not at all):
+		// read it again rather than let a stale one unguard a cgroup
+		// just armed.
+		if known {
+			g.refreshLimit(c)
+		}
+	case created:
+		g.addTree(ch.rel)
+	case removed:
+		g.forgetTree(ch.rel)
 	}
 }
 
@@ -89,18 +106,41 @@ func (g *Guard) applyWalk(found map[string]uint64) {
 func (g *Guard) add(rel string) {
 	c := &cg{rel: rel, limit: cgroup.Unlimited}
 	g.known[rel] = c
+	g.parents[path.Dir(rel)]++
+	g.noteKnown(c)
 	g.watchDir(rel)
-	if n, err := g.mem.OOMKills(rel); err == nil {
-		c.oomKills = n
-	}
-	limit, err := g.mem.Limit(rel)
-	if err != nil {
-		if cgroup.IsNotExist(err) {
-			g.forget(c)
+	g.readKnown(c)
+}
+
+// readKnown reads a cgroup's kernel OOM count (the baseline from which
+// kills are counted) and its limit, and guards it accordingly. One that
+// cannot be read for want of a resource is read again later: with a
+// baseline of 0 it would report as new every kill the kernel made before.
+func (g *Guard) readKnown(c *cg) {
+	n, err := g.mem.OOMKills(c.rel)
+	if err == nil {
+		var limit uint64
+		if limit, err = g.mem.Limit(c.rel); err == nil {
+			c.oomKills = n
+			g.setLimit(c, limit)
+			return
 		}
+	}
+	if cgroup.IsNotExist(err) {
+		g.forget(c)
 		return
 	}
-	g.setLimit(c, limit)
+	c.unread = true
+	g.retryLater(c, "read", err)
+}
+
+// readAgain is readKnown for a cgroup that could not be read before.
+func (g *Guard) readAgain(c *cg) {
+	c.unread = false
+	g.readKnown(c)
+	if !c.unread && g.known[c.rel] == c && !c.registering && (c.guarded() || c.limit == cgroup.Unlimited) {
+		g.dropRetry(c)
+	}
 }
 
 // addTree adds a new cgroup and whatever was created below it before its
@@ -117,6 +157,7 @@ func (g *Guard) addTree(rel string) {
 // setLimit guards, re-arms or unguards a cgroup for a (new) limit.
 func (g *Guard) setLimit(c *cg, limit uint64) {
 	c.limit = limit
+	g.noteKnown(c)
 	switch {
 	case limit == cgroup.Unlimited:
 		g.unguard(c)
@@ -131,17 +172,43 @@ func (g *Guard) forget(c *cg) {
 	g.dropRetry(c)
 	g.inotify.Remove(g.absPath(c.rel))
 	delete(g.known, c.rel)
+	if p := path.Dir(c.rel); g.parents[p] > 1 {
+		g.parents[p]--
+	} else {
+		delete(g.parents, p)
+	}
+	g.noteGone(c.rel)
 }
 
-// forgetTree forgets rel and everything below it.
+// forgetTree forgets rel and everything below it. A cgroup directory can
+// only be removed once empty, so below a removed one there is normally
+// nothing left to forget: the scan over every known cgroup is for a
+// directory moved away, and for the rare tree whose removals came first.
 func (g *Guard) forgetTree(rel string) {
+	if c, ok := g.known[rel]; ok {
+		g.forget(c)
+	}
+	if !g.knownBelow(rel) {
+		return
+	}
 	for r, c := range g.known {
-		if r == rel || strings.HasPrefix(r, rel+"/") {
+		if strings.HasPrefix(r, rel+"/") {
 			g.forget(c)
 		}
 	}
 }
 
+// knownBelow tells, without a scan, whether some known cgroup lies below
+// rel: whether rel is the parent of one (a known cgroup's parent directory
+// is known too, or gone with it).
+func (g *Guard) knownBelow(rel string) bool {
+	if rel == "/" {
+		return len(g.known) > 0
+	}
+	return g.parents[rel] > 0
+}
+
+// onInotify reads what inotify has queued and queues it as changes.
 func (g *Guard) onInotify() {
 	changes, overflow, err := g.inotify.Read()
 	if err != nil {
@@ -156,28 +223,40 @@ func (g *Guard) onInotify() {
 		dir := "/" + strings.TrimPrefix(strings.TrimPrefix(ch.Dir, root), "/")
 		switch {
 		case ch.Name == "" && ch.Removed():
-			g.forgetTree(dir)
+			g.queue(change{removed, dir})
 		case ch.IsDir() && ch.Created():
-			g.addTree(path.Join(dir, ch.Name))
+			g.queue(change{created, path.Join(dir, ch.Name)})
 		case ch.IsDir() && ch.Removed():
-			g.forgetTree(path.Join(dir, ch.Name))
+			g.queue(change{removed, path.Join(dir, ch.Name)})
 		case ch.Modified() && ch.Name == g.mem.LimitFile():
-			if c, ok := g.known[dir]; ok {
-				g.refreshLimit(c)
-			}
+			g.queue(change{limitWritten, dir})
 		}
 	}
 }
 
 func (g *Guard) refreshLimit(c *cg) {
+	if c.unread {
+		return // read again at its retry
+	}
 	limit, err := g.mem.Limit(c.rel)
 	if err != nil {
 		if cgroup.IsNotExist(err) {
 			g.forget(c)
+			return
 		}
+		c.unread = true
+		g.retryLater(c, "read limit", err)
 		return
 	}
 	if limit != c.limit {
 		g.setLimit(c, limit)
+	}
+}
+
+// askWalk requests a full walk (after an inotify overflow).
+func (g *Guard) askWalk() {
+	select {
+	case g.walkAsk <- struct{}{}:
+	default:
 	}
 }

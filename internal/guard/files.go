@@ -68,6 +68,7 @@ func (g *Guard) filesOf(c *cg) (Files, error) {
 			return nil, err
 		}
 		c.files = f
+		g.withFiles++
 	}
 	return c.files, nil
 }
@@ -77,6 +78,7 @@ func (g *Guard) closeFiles(c *cg) {
 	if c.files != nil {
 		c.files.Close()
 		c.files = nil
+		g.withFiles--
 	}
 }
 

@@ -57,6 +57,9 @@ type cg struct {
 	softLimitSaved bool
 	softLimitSet   uint64 // the guard's own, as the kernel keeps it (whole pages)
 
+	// unread: its limit or kernel OOM count could not be read (EMFILE,
+	// ENOMEM); read again with the registrations' back-off (readAgain).
+	unread      bool
 	registering bool        // a registration of its notifications is under way
 	retries     int         // registrations failed in a row (retryLater)
 	retryAt     time.Time   // zero: no retry pending
@@ -99,6 +102,8 @@ type Guard struct {
 	known   map[string]*cg
 	byFd    map[int]*cg
 	guarded int
+	// withFiles is how many cgroups have their Files open (files.go).
+	withFiles int
 
 	// Registrations off the loop (register.go).
 	registered     chan *registration
@@ -112,6 +117,7 @@ type Guard struct {
 	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
 	records        *records       // what the guard wrote into cgroups, for a successor (record.go); nil: none
 	inFlight       int            // registrations started, not yet installed
+	baseFds        int            // fds open at the start (fds.go)
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
 	ready          chan struct{}
@@ -125,13 +131,27 @@ type Guard struct {
 	// wokenMidway: the poller was woken meanwhile.
 	yielding, wokenMidway bool
 
-	walks     chan map[string]uint64
-	walkAsk   chan struct{}
-	reclaims  chan string
-	nextReset time.Time
+	// What the surveyor (survey.go) and the loop hand each other.
+	changes    []change         // queued for the loop (discover.go)
+	parents    map[string]int   // known cgroups by parent directory (forgetTree)
+	journal    map[string]entry // learnt since the surveyor last asked
+	journalAsk chan struct{}
+	journals   chan map[string]entry
+	walks      chan []change
+	walkAsk    chan struct{}
+	resetWork  chan struct{}
+	resets     chan reset
+	resetting  bool // a reset is with the surveyor
+	firstWalk  bool // the start's walk is not in yet
+	// surveyWarned: a walk's failure was logged; the surveyor's own.
+	surveyWarned bool
+	reclaims     chan string
+	nextReset    time.Time
 
-	alive atomic.Int64 // unix nanos of the loop's last turn
-	done  atomic.Bool
+	alive    atomic.Int64 // unix nanos of the loop's last turn
+	busyMax  atomic.Int64 // the longest busy turn, ns (busy.go)
+	resetAsk chan struct{}
+	done     atomic.Bool
 	// Observe, if set, is called in the loop after each action with the
 	// time from the kernel's notification to the signal (for benchmarks).
 	Observe func(reaction time.Duration)
@@ -151,12 +171,17 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 	if m == nil {
 		m = NopMetrics{}
 	}
+	if cfg.Registrars == 0 {
+		cfg.Registrars = registrars
+	}
 	return &Guard{
 		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
-		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
-		registered: make(chan *registration, registrars), regQueue: regQueue{more: make(chan struct{}, 1)}, ready: make(chan struct{}),
+		parents: map[string]int{}, journal: map[string]entry{}, journalAsk: make(chan struct{}, 1), journals: make(chan map[string]entry, 1),
+		walks: make(chan []change, 1), walkAsk: make(chan struct{}, 1), resetAsk: make(chan struct{}, 1),
+		resetWork: make(chan struct{}, 1), resets: make(chan reset, 1),
+		registered: make(chan *registration, cfg.Registrars), regQueue: regQueue{more: make(chan struct{}, 1)}, ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
 }
@@ -186,6 +211,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	defer g.poller.Close()
 	// The walker, the reclaimer and the rest wake the poller: they end
 	// before it is closed, so none writes to a closed fd's number.
+	defer g.dropResets()
 	defer g.aside.Wait()
 	if s := g.notifier.Sampler(); s != nil {
 		if err := g.poller.Add(s.Fd()); err != nil {
@@ -194,7 +220,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		g.sampler = s
 		defer func() { _ = g.poller.Remove(s.Fd()); g.sampler = nil }()
 	}
-	if err := g.resetInotify(); err != nil {
+	if err := g.firstWatcher(); err != nil {
 		return err
 	}
 	if g.cfg.StateFile != "" {
@@ -209,12 +235,16 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	// Kills under way finish, and report, before the guard lets go.
 	defer g.killers.Wait()
 
+	g.baseFds = countFds()
 	g.started = g.clock.Now()
-	g.applyWalk(g.walk())
-	klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(g.known), g.mem.FS().Root, g.clock.Now().Sub(g.started).Round(time.Microsecond))
-	g.logStarted()
+	// The first walk is the surveyor's, like any other, with the first
+	// reset (each directory watched before it is listed, so none made
+	// meanwhile is missed): the loop turns from the start, and adds what
+	// it finds, the limited cgroups first.
+	g.firstWalk = true
+	g.startReset()
 
-	g.goAside(func() { g.walker(quit) })
+	g.goAside(func() { g.surveyor(quit) })
 	g.goAside(func() { g.reclaimer(quit) })
 	g.goAside(func() {
 		select {
@@ -224,10 +254,16 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		}
 	})
 
+	var notified time.Time
 	for {
-		g.alive.Store(g.clock.Now().UnixNano())
-		ready, woken, err := g.poller.Wait(g.nextTimeout(g.clock.Now()))
-		notified := g.clock.Now()
+		now := g.clock.Now()
+		g.alive.Store(now.UnixNano())
+		timeout := g.nextTimeout(now)
+		if !notified.IsZero() {
+			g.noteBusy(g.clock.Now().Sub(notified))
+		}
+		ready, woken, err := g.poller.Wait(timeout)
+		notified = g.clock.Now()
 		if err != nil {
 			return err
 		}
@@ -243,11 +279,8 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 			}
 		}
 		g.installRegistered()
-		select {
-		case found := <-g.walks:
-			g.applyWalk(found)
-		default:
-		}
+		g.takeHandovers()
+		g.applyChanges()
 		g.runTimers(g.clock.Now())
 	}
 }
@@ -389,6 +422,9 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 // nextTimeout is the time until the earliest pending recheck, OOM count
 // check or inotify reset.
 func (g *Guard) nextTimeout(now time.Time) time.Duration {
+	if len(g.changes) > 0 {
+		return 0 // the next batch, once the crossings are served
+	}
 	next := g.nextReset
 	for _, c := range g.pending() {
 		for _, t := range []time.Time{c.recheckAt, c.oomCheckAt} {
@@ -442,26 +478,85 @@ func (g *Guard) runTimers(now time.Time) {
 	}
 	g.retryDue(now)
 	if !now.Before(g.nextReset) {
-		_ = g.resetInotify() // with an instance to keep, it never fails
+		g.startReset()
 	}
 }
 
-// resetInotify re-creates every inotify watch from scratch, then asks for a
-// full walk to catch whatever happened between the old and the new watches.
-// Where the kernel refuses a new instance (EMFILE, or
-// fs.inotify.max_user_instances reached, common on busy nodes), the old one
-// stays in use and the reset is tried again a little later.
-func (g *Guard) resetInotify() error {
+// firstWatcher makes the inotify instance the guard starts with.
+func (g *Guard) firstWatcher() error {
 	in, err := g.kernel.NewWatcher()
+	if err != nil {
+		return err
+	}
+	if err := g.poller.Add(in.Fd()); err != nil {
+		in.Close()
+		return err
+	}
+	g.inotify = in
+	g.nextReset = g.clock.Now().Add(g.cfg.InotifyReset)
+	return nil
+}
+
+// startReset asks the surveyor to re-create every inotify watch from
+// scratch in a new instance, and to walk the hierarchy to catch whatever
+// happened between the old watches and the new (survey.go). The old
+// instance stays in use until the new one is handed over whole.
+func (g *Guard) startReset() {
+	g.nextReset = g.clock.Now().Add(g.cfg.InotifyReset)
+	if g.resetting {
+		return
+	}
+	select {
+	case g.resetWork <- struct{}{}:
+		g.resetting = true
+	default:
+	}
+}
+
+// takeHandovers takes what the surveyor has handed over: a new inotify
+// instance first, so that the journal it asks for next is of what the
+// loop knew once the old instance was read to its end.
+func (g *Guard) takeHandovers() {
+	select {
+	case r := <-g.resets:
+		g.resetting = false
+		g.installReset(r)
+	default:
+	}
+	select {
+	case <-g.journalAsk:
+		g.handJournal()
+	default:
+	}
+	select {
+	case diff := <-g.walks:
+		if g.firstWalk {
+			klog.V(2).Infof("found %d cgroups under %s in %v; registering the limited ones", len(diff), g.mem.FS().Root, g.clock.Now().Sub(g.started).Round(time.Microsecond))
+			g.firstWalk = false
+		}
+		g.queue(diff...)
+		g.logStarted()
+	default:
+	}
+	select {
+	case <-g.resetAsk:
+		g.startReset()
+	default:
+	}
+}
+
+// installReset puts a new inotify instance in the old one's place. Where
+// the kernel refused one (EMFILE, fs.inotify.max_user_instances or
+// max_user_watches reached, common on busy nodes), the old one stays in use
+// and the reset is tried again a little later.
+func (g *Guard) installReset(r reset) {
+	err := r.err
 	if err == nil {
-		if err = g.poller.Add(in.Fd()); err != nil {
-			in.Close()
+		if err = g.poller.Add(r.in.Fd()); err != nil {
+			g.goAside(func() { r.in.Close() })
 		}
 	}
 	if err != nil {
-		if g.inotify == nil {
-			return err // at the start: nothing to fall back on
-		}
 		g.metrics.Fault(FaultInotifyReset)
 		retry := min(inotifyRetry, g.cfg.InotifyReset)
 		if !g.inotifyFailing {
@@ -469,27 +564,31 @@ func (g *Guard) resetInotify() error {
 			g.inotifyFailing = true
 		}
 		g.nextReset = g.clock.Now().Add(retry)
-		return nil
+		return
 	}
 	if g.inotifyFailing {
 		klog.Info("inotify reset: done again")
 		g.inotifyFailing = false
 	}
-	if old := g.inotify; old != nil {
-		_ = g.poller.Remove(old.Fd())
-		// Destroying an inotify instance waits for an SRCU grace period
-		// (30 ms measured here), and a loop waiting for it misses what
-		// happens meanwhile. Out of the epoll set, nothing waits on it:
-		// it may be closed anywhere.
-		g.goAside(func() { old.Close() })
-	}
-	g.inotify = in
-	for rel := range g.known {
-		g.watchDir(rel)
-	}
+	old := g.inotify
+	g.onInotify() // what the old instance still holds
+	_ = g.poller.Remove(old.Fd())
+	// Destroying an inotify instance waits for an SRCU grace period
+	// (30 ms measured here), and a loop waiting for it misses what
+	// happens meanwhile. Out of the epoll set, nothing waits on it: it
+	// may be closed anywhere.
+	g.goAside(func() { old.Close() })
+	g.inotify = r.in
 	g.nextReset = g.clock.Now().Add(g.cfg.InotifyReset)
-	g.askWalk()
-	return nil
+}
+
+// dropResets closes an instance handed over as the guard stopped.
+func (g *Guard) dropResets() {
+	select {
+	case r := <-g.resets:
+		closeWatcher(r.in)
+	default:
+	}
 }
 
 // inotifyRetry is how soon a refused inotify reset is tried again.

@@ -136,16 +136,19 @@ type Metrics interface {
 	Fault(kind string)
 	Crossing()
 	StandDown(reason string)
+	// LoopBusy is one turn of the loop: from its wake-up to its next wait.
+	LoopBusy(d time.Duration)
 }
 
 // NopMetrics counts nothing.
 type NopMetrics struct{}
 
-func (NopMetrics) SetGuarded(int)   {}
-func (NopMetrics) SetUnguarded(int) {}
-func (NopMetrics) Fault(string)     {}
-func (NopMetrics) Crossing()        {}
-func (NopMetrics) StandDown(string) {}
+func (NopMetrics) SetGuarded(int)         {}
+func (NopMetrics) SetUnguarded(int)       {}
+func (NopMetrics) Fault(string)           {}
+func (NopMetrics) Crossing()              {}
+func (NopMetrics) StandDown(string)       {}
+func (NopMetrics) LoopBusy(time.Duration) {}
 
 // The kinds of Metrics.Fault.
 const (

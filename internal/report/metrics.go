@@ -34,6 +34,7 @@ type Metrics struct {
 	standDowns            *prometheus.CounterVec
 	kernelKills           *prometheus.CounterVec
 	reaction              prometheus.Histogram
+	loopBusy              prometheus.Histogram
 	seriesFolded          prometheus.Counter
 	webhookEvents         *prometheus.CounterVec
 	webhookFailedAttempts prometheus.Counter
@@ -81,6 +82,12 @@ func NewMetrics() *Metrics {
 			Name: "oomguard_reaction_seconds", Help: "From the kernel's threshold notification to the kill signal.",
 			Buckets: []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3},
 		}),
+		// The loop's turns: the requirement is under 1ms each, so the
+		// buckets are dense around it and reach far enough to show a stall.
+		loopBusy: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "oomguard_loop_busy_seconds", Help: "Busy time of each turn of the guard's real-time loop, from its wake-up to its next wait: no crossing is served meanwhile.",
+			Buckets: []float64{10e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3},
+		}),
 		webhookEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oomguard_webhook_events_total",
 			Help: "Events by webhook outcome: sent, dropped (queue full), failed (gave up or 4xx), abandoned (at shutdown).",
@@ -89,7 +96,7 @@ func NewMetrics() *Metrics {
 			Name: "oomguard_webhook_failed_attempts_total", Help: "Webhook POSTs that failed (network error or non-2xx).",
 		}),
 	}
-	m.reg.MustRegister(m.guarded, m.unguarded, m.faults, m.crossings, m.actions, m.standDowns, m.kernelKills, m.reaction, m.seriesFolded,
+	m.reg.MustRegister(m.guarded, m.unguarded, m.faults, m.crossings, m.actions, m.standDowns, m.kernelKills, m.reaction, m.loopBusy, m.seriesFolded,
 		m.webhookEvents, m.webhookFailedAttempts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist from the start at 0 make rate() and alerts work
@@ -109,11 +116,12 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-func (m *Metrics) SetGuarded(n int)        { m.guarded.Set(float64(n)) }
-func (m *Metrics) SetUnguarded(n int)      { m.unguarded.Set(float64(n)) }
-func (m *Metrics) Fault(kind string)       { m.faults.WithLabelValues(kind).Inc() }
-func (m *Metrics) Crossing()               { m.crossings.Inc() }
-func (m *Metrics) StandDown(reason string) { m.standDowns.WithLabelValues(reason).Inc() }
+func (m *Metrics) SetGuarded(n int)         { m.guarded.Set(float64(n)) }
+func (m *Metrics) SetUnguarded(n int)       { m.unguarded.Set(float64(n)) }
+func (m *Metrics) Fault(kind string)        { m.faults.WithLabelValues(kind).Inc() }
+func (m *Metrics) Crossing()                { m.crossings.Inc() }
+func (m *Metrics) StandDown(reason string)  { m.standDowns.WithLabelValues(reason).Inc() }
+func (m *Metrics) LoopBusy(d time.Duration) { m.loopBusy.Observe(d.Seconds()) }
 
 // Event counts one event, as the stage that makes the events hands it out:
 // each kill once, under its final reason, with its workload's labels. A
