@@ -42,6 +42,7 @@ type fakeKernel struct {
 type fakeCgroup struct {
 	limit, usage, reclaimable, oomKills uint64
 	gone                                bool
+	oomGroup                            bool // memory.oom.group set (as on v2)
 }
 
 type fakeProc struct {
@@ -132,7 +133,15 @@ func (m fakeMem) Stat(rel string) (cgroup.Stat, error) {
 	r, err := m.read(rel, func(c *fakeCgroup) uint64 { return c.reclaimable })
 	return cgroup.Stat{Reclaimable: r, Text: fmt.Sprintf("total_inactive_file %d|", r)}, err
 }
-func (m fakeMem) OOMGroup(string) (bool, error)               { return false, nil }
+func (m fakeMem) OOMGroup(rel string) (bool, error) {
+	on, err := m.read(rel, func(c *fakeCgroup) uint64 {
+		if c.oomGroup {
+			return 1
+		}
+		return 0
+	})
+	return on == 1, err
+}
 func (m fakeMem) Reclaim(string, uint64, time.Duration) error { return nil }
 func (m fakeMem) SoftLimit(rel string) (uint64, error)        { return cgroup.Unlimited, nil }
 func (m fakeMem) SetSoftLimit(string, uint64) error           { return nil }

@@ -104,13 +104,14 @@ type Guard struct {
 	registered     chan *registration
 	regSlots       chan struct{}
 	regs           sync.WaitGroup
-	killers        sync.WaitGroup // container kills off the loop (act.go)
-	own            ownKills       // the guard's own recent kills (kernelkill.go)
-	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
-	inotifyFailing bool           // the last inotify reset was refused
-	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
-	records        *records       // what the guard wrote into cgroups, for a successor (record.go); nil: none
-	inFlight       int            // registrations started, not yet installed
+	killers        sync.WaitGroup        // container kills off the loop (act.go)
+	own            ownKills              // the guard's own recent kills (kernelkill.go)
+	groupKills     map[string]*groupKill // kernel group kills counted, not yet reported (kernelkill.go)
+	aside          sync.WaitGroup        // every other goroutine Run starts (goAside)
+	inotifyFailing bool                  // the last inotify reset was refused
+	scopeUnknown   bool                  // a victim's cgroup could not be told at its kill (said once)
+	records        *records              // what the guard wrote into cgroups, for a successor (record.go); nil: none
+	inFlight       int                   // registrations started, not yet installed
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
 	ready          chan struct{}
@@ -145,7 +146,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 	return &Guard{
 		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
-		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
+		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{}, groupKills: map[string]*groupKill{},
 		walks: make(chan map[string]uint64, 1), walkAsk: make(chan struct{}, 1),
 		registered: make(chan *registration, registrars), regSlots: make(chan struct{}, registrars), ready: make(chan struct{}),
 		reclaims: make(chan string, 64),

@@ -28,6 +28,10 @@ type matcher struct {
 	// cgroup's next own OOM: one kill too many, which no kernel-log record
 	// matches.
 	globalKills map[string][]int
+	// groupsOut are the memory.oom.group kills gone out in the last
+	// window: a kernel-log line of one of their processes that comes
+	// late is part of that one event, not a kill of its own.
+	groupsOut []waiting
 }
 
 // maxGlobalKillCgroups bounds globalKills: past it, a system OOM kill in a
@@ -48,6 +52,22 @@ func newMatcher(cfg Config) *matcher {
 // counted takes a counter kill: out at once if the kernel log told of it
 // already, else it waits.
 func (m *matcher) counted(ev event.Event, now time.Time) []event.Event {
+	if ev.OOMGroup != "" {
+		// One kill of a whole group, of which the kernel log prints one
+		// line per process: it takes in every line of it that came, and
+		// waits out its window for the rest.
+		keep := m.waitingKills[:0]
+		for _, w := range m.waitingKills {
+			if m.inGroup(&ev, &w.kill) {
+				ev = m.mergeGroup(ev, w.kill)
+			} else {
+				keep = append(keep, w)
+			}
+		}
+		m.waitingKills = keep
+		m.waitingEvents = append(m.waitingEvents, waiting{ev: ev, until: now.Add(m.cfg.Window)})
+		return nil
+	}
 	for i, w := range m.waitingKills {
 		if m.matches(&ev, &w.kill) {
 			m.waitingKills = slices.Delete(m.waitingKills, i, i+1)
@@ -68,8 +88,20 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 		klog.V(3).Infof("kernel log: OOM kill of pid %d in %s, outside %s: not ours", k.Pid, k.TaskMemcg, m.cfg.Scope)
 		return nil
 	}
+	for i := range m.waitingEvents {
+		if w := &m.waitingEvents[i]; w.ev.OOMGroup != "" && m.inGroup(&w.ev, &k) {
+			w.ev = m.mergeGroup(w.ev, k)
+			return nil
+		}
+	}
+	for _, w := range m.groupsOut {
+		if m.inGroup(&w.ev, &k) {
+			klog.V(3).Infof("kernel log: OOM kill of pid %d (%s), part of the memory.oom.group kill of %s already reported", k.Pid, k.Comm, w.ev.OOMGroup)
+			return nil
+		}
+	}
 	for i, w := range m.waitingEvents {
-		if m.matches(&w.ev, &k) {
+		if w.ev.OOMGroup == "" && m.matches(&w.ev, &k) {
 			m.waitingEvents = slices.Delete(m.waitingEvents, i, i+1)
 			return []event.Event{m.merge(w.ev, k)}
 		}
@@ -82,11 +114,21 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 // did not come in time.
 func (m *matcher) expire(now time.Time) []event.Event {
 	var out []event.Event
+	keepG := m.groupsOut[:0]
+	for _, w := range m.groupsOut {
+		if now.Before(w.until) {
+			keepG = append(keepG, w)
+		}
+	}
+	m.groupsOut = keepG
 	keep := m.waitingEvents[:0]
 	for _, w := range m.waitingEvents {
 		switch {
 		case now.Before(w.until):
 			keep = append(keep, w)
+		case w.ev.OOMGroup != "":
+			m.groupsOut = append(m.groupsOut, waiting{ev: w.ev, until: now.Add(m.cfg.Window)})
+			out = append(out, w.ev)
 		case !m.countedGlobalKill(&w.ev):
 			out = append(out, w.ev)
 		}
@@ -164,6 +206,45 @@ func (m *matcher) matches(ev *event.Event, k *kmsg.Kill) bool {
 		return ev.Processes[0].Pid == k.Pid
 	}
 	return k.TaskMemcg != "" && m.abs(k.TaskMemcg) == ev.ProcCgroup
+}
+
+// inGroup tells whether a kernel-log kill is one of a counted
+// memory.oom.group kill's: a process it names, one in its cgroup, or a
+// member the kernel's group scan killed (printed with the group, not its
+// own cgroup).
+func (m *matcher) inGroup(ev *event.Event, k *kmsg.Kill) bool {
+	if k.Global {
+		return false
+	}
+	for _, p := range ev.Processes {
+		if p.Pid == k.Pid {
+			return true
+		}
+	}
+	if k.TaskMemcg != "" {
+		return m.abs(k.TaskMemcg) == ev.ProcCgroup
+	}
+	return k.OOMGroup != "" && m.abs(k.OOMGroup) == ev.OOMGroup
+}
+
+// mergeGroup completes a group kill with one of its kernel-log lines: the
+// memory at death of the process it names (added if the counters missed
+// it), and which limit was hit.
+func (m *matcher) mergeGroup(ev event.Event, k kmsg.Kill) event.Event {
+	ev.Processes = slices.Clone(ev.Processes)
+	i := slices.IndexFunc(ev.Processes, func(p event.Process) bool { return p.Pid == k.Pid })
+	if i < 0 {
+		ev.Processes = append(ev.Processes, event.Process{Pid: k.Pid, Cgroup: ev.ProcCgroup})
+		i = len(ev.Processes) - 1
+	}
+	p := &ev.Processes[i]
+	p.Comm = k.Comm
+	p.AnonRSSKB, p.FileRSSKB, p.ShmemRSSKB, p.TotalVMKB = k.AnonRSSKB, k.FileRSSKB, k.ShmemRSSKB, k.TotalVMKB
+	ev.Killed = event.KilledField(ev.Processes)
+	if k.OOMMemcg != "" {
+		ev.OOMCgroup = m.abs(k.OOMMemcg)
+	}
+	return ev
 }
 
 // merge completes a counter kill with the kernel's own account: the
