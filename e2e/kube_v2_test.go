@@ -288,6 +288,28 @@ func (e *v2env) applyNoop(t *testing.T) {
 	e.figure(t, "DaemonSet re-applied with --policy=noop: the new pod guarding %v after kubectl apply", time.Since(t0).Round(100*time.Millisecond))
 }
 
+// logGuard logs the guard's log lines about the pod (its UID is in every
+// cgroup path), to see the kernel's kill from the guard's side.
+func (e *v2env) logGuard(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	logs, err := e.node.Kubectl(context.Background(), nil, "-n", "kube-system", "logs", "ds/oom-guard", "oomguard")
+	if err != nil {
+		t.Logf("the guard's log: %v", err)
+		return
+	}
+	var about []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, string(pod.UID)) {
+			about = append(about, line)
+		}
+	}
+	t.Logf("the guard's log about pod %s:\n%s", pod.Name, strings.Join(about, "\n"))
+	if t.Failed() {
+		onNode, _ := e.node.Kubectl(context.Background(), nil, "get", "events", "-A", "--field-selector", "involvedObject.kind=Node")
+		t.Logf("events on the node:\n%s", onNode)
+	}
+}
+
 // testNoopSingle: under singleProcessOOMKill (the kubelet as the previous
 // test left it) and the noop guard, the kernel itself kills dd alone: one
 // ContainerChildOOMKilled on the pod naming it, no CgroupOOM, the pod
@@ -298,6 +320,7 @@ func (e *v2env) testNoopSingle(t *testing.T) {
 	}
 	e.applyNoop(t)
 	pod, podCg, ctrCg := e.startReleased(t, "seed003-noop-single", seed003Script, "0")
+	defer e.logGuard(t, pod)
 	ev := e.waitPodEvent(t, pod, "dd", event.ChildOOM)
 	t.Logf("event %s: %s", ev.Reason, ev.Message)
 	e.checkRunning(t, pod) // 3 s: any second event would be there by now
@@ -326,6 +349,7 @@ func (e *v2env) testNoopGroup(t *testing.T) {
 	d := e.node.RestartKubelet(t, vmnode.KubeletConfig{})
 	e.figure(t, "kubelet restarted with its defaults (memory.oom.group=1), node Ready again in %v", d.Round(100*time.Millisecond))
 	pod, podCg, ctrCg := e.startReleased(t, "seed003-noop-group", seed003Script, "1")
+	defer e.logGuard(t, pod)
 	ev := e.waitPodEvent(t, pod, "dd", event.CgroupOOM, event.ChildOOM)
 	t.Logf("event %s: %s", ev.Reason, ev.Message)
 	rc := e.waitRestart(t, pod, 1)

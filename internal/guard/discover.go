@@ -93,6 +93,9 @@ func (g *Guard) add(rel string) {
 	if n, err := g.mem.OOMKills(rel); err == nil {
 		c.oomKills = n
 	}
+	if n, err := g.mem.OOMGroupKills(rel); err == nil {
+		c.groupKills = n
+	}
 	limit, err := g.mem.Limit(rel)
 	if err != nil {
 		if cgroup.IsNotExist(err) {

@@ -42,7 +42,8 @@ type fakeKernel struct {
 type fakeCgroup struct {
 	limit, usage, reclaimable, oomKills uint64
 	gone                                bool
-	oomGroup                            bool // memory.oom.group set (as on v2)
+	oomGroup                            bool   // memory.oom.group set (as on v2)
+	groupKills                          uint64 // oom_group_kill
 }
 
 type fakeProc struct {
@@ -132,6 +133,9 @@ func (m fakeMem) OOMKills(rel string) (uint64, error) {
 func (m fakeMem) Stat(rel string) (cgroup.Stat, error) {
 	r, err := m.read(rel, func(c *fakeCgroup) uint64 { return c.reclaimable })
 	return cgroup.Stat{Reclaimable: r, Text: fmt.Sprintf("total_inactive_file %d|", r)}, err
+}
+func (m fakeMem) OOMGroupKills(rel string) (uint64, error) {
+	return m.read(rel, func(c *fakeCgroup) uint64 { return c.groupKills })
 }
 func (m fakeMem) OOMGroup(rel string) (bool, error) {
 	on, err := m.read(rel, func(c *fakeCgroup) uint64 {

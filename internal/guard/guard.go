@@ -63,6 +63,7 @@ type cg struct {
 	killingRest atomic.Bool // the rest of its victim's container is being killed, off the loop
 
 	oomKills   uint64    // kernel oom_kill count already reported
+	groupKills uint64    // kernel oom_group_kill count already reported (v2, 5.17+)
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
 	oomChecks  int       // checks done since the kernel's OOM notification
 	// oomSeen is the processes listed at the kernel's last OOM

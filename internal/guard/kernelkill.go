@@ -115,21 +115,36 @@ func (g *Guard) countKernelKills(c *cg) {
 // not yet reported: by the guarded cgroup c whose OOM notification led
 // to the count, which names the victims.
 type groupKill struct {
-	c        *cg
-	group    string // the cgroup with memory.oom.group set (rel or above it)
-	oomKills uint64 // rel's count at the last read
+	c          *cg
+	group      string // the cgroup with memory.oom.group set (rel or above it)
+	oomKills   uint64 // rel's count at the last read
+	groupKills uint64 // the group's oom_group_kill then; 0: no such counter
 }
 
-// noteGroupKill notes a moved count in rel, of a kill of group, for c
+// noteGroupKill notes a moved count n in rel, of a kill of group, for c
 // to report (reportGroupKills). A count already noted under another
 // guarded cgroup (the pod's limit and the container's, both notified)
-// stays with the first.
+// stays with the first. A count that moved after its group kill was
+// reported is that kill's still: the kernel's scan signals (and counts)
+// the group's processes one after another, printing a line for each, and
+// on a slow console that goes on after the guard has looked (as on the
+// v2 node in the VM). The group's own oom_group_kill (5.17+) tells a new
+// group kill from the rest of one reported.
 func (g *Guard) noteGroupKill(c *cg, rel, group string, n uint64) {
 	if k, ok := g.groupKills[rel]; ok {
 		k.oomKills = max(k.oomKills, n)
 		return
 	}
-	g.groupKills[rel] = &groupKill{c: c, group: group, oomKills: n}
+	gk, err := g.mem.OOMGroupKills(group)
+	if gc := g.known[group]; err == nil && gc != nil && gk <= gc.groupKills {
+		klog.V(2).Infof("cgroup %s: %d more kills counted, of the memory.oom.group kill of %s already reported", rel, n-g.known[rel].oomKills, group)
+		g.known[rel].oomKills = n
+		return
+	}
+	if err != nil {
+		gk = 0
+	}
+	g.groupKills[rel] = &groupKill{c: c, group: group, oomKills: n, groupKills: gk}
 }
 
 // reportGroupKills reports c's noted group kills whose cgroup is gone,
@@ -155,7 +170,10 @@ func (g *Guard) reportGroupKills(c *cg, all bool) {
 			}
 			d.oomKills = k.oomKills
 		}
-		victims := g.goneFrom(c, rel)
+		if gc := g.known[k.group]; gc != nil {
+			gc.groupKills = max(gc.groupKills, k.groupKills)
+		}
+		victims := g.groupVictims(c, rel)
 		for _, v := range victims {
 			delete(c.seen, v.Pid) // named once
 			g.own.note(v, nil)
@@ -281,6 +299,24 @@ func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
 	// the first is the likeliest victim of the first kill.
 	slices.SortFunc(gone, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
 	return gone
+}
+
+// groupVictims lists the processes seen in cgroup rel (below c) that a
+// group kill took: gone, or dying of the kernel's SIGKILL (the scan goes
+// on signalling while it prints), not the guard's own kills. The largest
+// first, as goneFrom.
+func (g *Guard) groupVictims(c *cg, rel string) []kill.Candidate {
+	var took []kill.Candidate
+	for _, k := range c.seen {
+		if st, ok := c.ours[k.Pid]; ok && st == k.StartTime || k.Cgroup != rel || g.own.killed(k) {
+			continue
+		}
+		if g.killer.FateOf(k) != kill.Running {
+			took = append(took, k)
+		}
+	}
+	slices.SortFunc(took, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
+	return took
 }
 
 // killedOne notes a process the guard killed in c: it is not the kernel's

@@ -208,8 +208,10 @@ func TestKernelKillCounting(t *testing.T) {
 // moved (the container), naming every process it took, however many
 // threads the kernel counted: also when the container's cgroup goes
 // before the last check (its runtime removes it once all is dead), and
-// when the guarded cgroup is that container itself. Without the group
-// (v1 has none), each kill is a fact of its own.
+// when the guarded cgroup is that container itself, and when the kernel
+// goes on killing (and counting) the group's processes after the report
+// (a slow console). Without the group (v1 has none), each kill is a fact
+// of its own.
 func TestKernelGroupKillCountedOnce(t *testing.T) {
 	const ctr = "/pod/ctr"
 	pids := []int{bigPid, smallPid, 103}
@@ -218,12 +220,14 @@ func TestKernelGroupKillCountedOnce(t *testing.T) {
 		group    bool
 		notified string // the guarded cgroup whose OOM notification comes
 		goneAt   int    // ctr's cgroup removed after this many checks; 0: never
+		later    bool   // the count moves on after the report, the container's watch fires
 		want     int    // facts
 	}{
-		{"group: one fact at the last check", true, "/pod", 0, 1},
-		{"group: one fact when the container's cgroup goes first", true, "/pod", 1, 1},
-		{"group: the guarded container's own cgroup goes", true, ctr, 2, 1},
-		{"no group: one fact per kill", false, "/pod", 0, 3},
+		{"group: one fact at the last check", true, "/pod", 0, false, 1},
+		{"group: one fact when the container's cgroup goes first", true, "/pod", 1, false, 1},
+		{"group: the guarded container's own cgroup goes", true, ctr, 2, false, 1},
+		{"group: the scan counts on after the report", true, "/pod", 0, true, 1},
+		{"no group: one fact per kill", false, "/pod", 0, false, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
@@ -243,16 +247,28 @@ func TestKernelGroupKillCountedOnce(t *testing.T) {
 				}
 				// The group scan counts every thread it signals.
 				k.cgroups[ctr].oomKills = map[bool]uint64{true: 7, false: 3}[tc.group]
-			})
-			for i, d := range oomCheckDelays {
-				if i == tc.goneAt && tc.goneAt > 0 {
-					if err := os.Remove(filepath.Join(k.root, ctr)); err != nil {
-						t.Fatal(err)
-					}
-					k.set(func() { k.cgroups[ctr].gone = true })
-					g.forgetTree(ctr) // as inotify tells it
+				if tc.group {
+					k.cgroups[ctr].groupKills = 1
 				}
-				g.runTimers(k.now.Add(d))
+			})
+			checks := func() {
+				for i, d := range oomCheckDelays {
+					if i == tc.goneAt && tc.goneAt > 0 {
+						if err := os.Remove(filepath.Join(k.root, ctr)); err != nil {
+							t.Fatal(err)
+						}
+						k.set(func() { k.cgroups[ctr].gone = true })
+						g.forgetTree(ctr) // as inotify tells it
+					}
+					g.runTimers(k.now.Add(d))
+				}
+			}
+			checks()
+			if tc.later {
+				k.set(func() { k.cgroups[ctr].oomKills += 2 })
+				k.advance(time.Second)
+				g.dispatch(g.known[ctr].oomw.Fd(), k.now) // its own oom_kill moved
+				checks()
 			}
 			if len(k.counted) != tc.want {
 				t.Fatalf("%d facts, want %d: %+v", len(k.counted), tc.want, k.counted)

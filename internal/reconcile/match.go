@@ -262,6 +262,11 @@ func (m *matcher) merge(ev event.Event, k kmsg.Kill) event.Event {
 	if k.OOMMemcg != "" {
 		ev.OOMCgroup = m.abs(k.OOMMemcg)
 	}
+	if k.Global {
+		// The system's OOM killer took it; the kernel counts the kill in
+		// the victim's cgroup too, which the guard was told of.
+		ev.Reason, ev.Policy = event.SystemOOM, "Kernel"
+	}
 	return ev
 }
 

@@ -232,6 +232,24 @@ func TestSystemOOMKillCountedAgainLater(t *testing.T) {
 	}
 }
 
+// The victim cgroup's counter, which the guard now hears move at once,
+// and the kernel log's record of a system OOM kill are one SystemOOM
+// event, never a CgroupOOM.
+func TestSystemOOMKillCountedAtOnce(t *testing.T) {
+	k := realKill(t)
+	global := k
+	global.Global, global.Memcg, global.OOMMemcg, global.Reason = true, false, "", "Out of memory"
+	for _, steps := range [][]step{
+		{logged(0, global), counted(50*time.Millisecond, counterKill(k, k.Pid))},
+		{counted(0, counterKill(k, k.Pid)), logged(time.Millisecond, global)},
+	} {
+		evs := run(newMatcherTest(Config{Scope: memRoot + k.TaskMemcg}), steps...)
+		if len(evs) != 1 || evs[0].Reason != event.SystemOOM || evs[0].Processes[0].Pid != k.Pid {
+			t.Fatalf("events %+v, want one SystemOOM", evs)
+		}
+	}
+}
+
 // groupKill is a kernel memory.oom.group kill of a container of three
 // processes as the kmsg parser gives it (the shape of its real sample
 // linux-mm-2019-oom-group-5.0): the first victim's line with the report's
