@@ -43,6 +43,9 @@ type waiting struct {
 	ev    event.Event // a counter kill
 	kill  kmsg.Kill   // a kernel-log kill
 	until time.Time
+	// listed: the counters named the group kill's processes, which are
+	// then all it took (mergeGroup).
+	listed bool
 }
 
 func newMatcher(cfg Config) *matcher {
@@ -56,16 +59,17 @@ func (m *matcher) counted(ev event.Event, now time.Time) []event.Event {
 		// One kill of a whole group, of which the kernel log prints one
 		// line per process: it takes in every line of it that came, and
 		// waits out its window for the rest.
+		listed := len(ev.Processes) > 0
 		keep := m.waitingKills[:0]
 		for _, w := range m.waitingKills {
 			if m.inGroup(&ev, &w.kill) {
-				ev = m.mergeGroup(ev, w.kill)
+				ev = m.mergeGroup(ev, w.kill, listed)
 			} else {
 				keep = append(keep, w)
 			}
 		}
 		m.waitingKills = keep
-		m.waitingEvents = append(m.waitingEvents, waiting{ev: ev, until: now.Add(m.cfg.Window)})
+		m.waitingEvents = append(m.waitingEvents, waiting{ev: ev, until: now.Add(m.cfg.Window), listed: listed})
 		return nil
 	}
 	for i, w := range m.waitingKills {
@@ -90,7 +94,7 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 	}
 	for i := range m.waitingEvents {
 		if w := &m.waitingEvents[i]; w.ev.OOMGroup != "" && m.inGroup(&w.ev, &k) {
-			w.ev = m.mergeGroup(w.ev, k)
+			w.ev = m.mergeGroup(w.ev, k, w.listed)
 			return nil
 		}
 	}
@@ -228,11 +232,22 @@ func (m *matcher) inGroup(ev *event.Event, k *kmsg.Kill) bool {
 }
 
 // mergeGroup completes a group kill with one of its kernel-log lines: the
-// memory at death of the process it names (added if the counters missed
-// it), and which limit was hit.
-func (m *matcher) mergeGroup(ev event.Event, k kmsg.Kill) event.Event {
+// memory at death of the process it names, and which limit was hit. A
+// pid the counters did not name is a process of its own only when they
+// named none (listed false): else it is a thread of one they named (the
+// group scan signals, counts and prints every thread it meets, by its
+// thread id, as the v2 VM showed for a Go process), or a process born
+// after the guard looked.
+func (m *matcher) mergeGroup(ev event.Event, k kmsg.Kill, listed bool) event.Event {
+	if k.OOMMemcg != "" {
+		ev.OOMCgroup = m.abs(k.OOMMemcg)
+	}
 	ev.Processes = slices.Clone(ev.Processes)
 	i := slices.IndexFunc(ev.Processes, func(p event.Process) bool { return p.Pid == k.Pid })
+	if i < 0 && listed {
+		klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in the memory.oom.group kill of %s, not among its processes: one of their threads", k.Pid, k.Comm, ev.OOMGroup)
+		return ev
+	}
 	if i < 0 {
 		ev.Processes = append(ev.Processes, event.Process{Pid: k.Pid, Cgroup: ev.ProcCgroup})
 		i = len(ev.Processes) - 1
@@ -241,9 +256,6 @@ func (m *matcher) mergeGroup(ev event.Event, k kmsg.Kill) event.Event {
 	p.Comm = k.Comm
 	p.AnonRSSKB, p.FileRSSKB, p.ShmemRSSKB, p.TotalVMKB = k.AnonRSSKB, k.FileRSSKB, k.ShmemRSSKB, k.TotalVMKB
 	ev.Killed = event.KilledField(ev.Processes)
-	if k.OOMMemcg != "" {
-		ev.OOMCgroup = m.abs(k.OOMMemcg)
-	}
 	return ev
 }
 

@@ -273,11 +273,14 @@ func groupKill(named ...int) (ctr string, lines []kmsg.Kill, fact event.Event) {
 // A kernel memory.oom.group kill is ONE event of the whole container,
 // whichever source speaks first, with each process's memory at death from
 // its line of the kernel log: also when a line comes after the event went
-// out (too late for its figures, not a kill of its own), and when the
-// counters could not name every process.
+// out (too late for its figures, not a kill of its own), when the
+// counters named none of its processes, and when the group scan prints a
+// thread of one of them (its own thread id: not a process).
 func TestGroupKillOneEvent(t *testing.T) {
 	ctr, lines, fact := groupKill(9188, 9182, 9183)
-	_, _, partial := groupKill(9188)
+	_, _, unnamed := groupKill()
+	thread := lines[2]
+	thread.Pid = 9184 // a thread of 9183: the same mm, the same figures
 	late := window - time.Millisecond
 	for _, tc := range []struct {
 		name  string
@@ -287,7 +290,9 @@ func TestGroupKillOneEvent(t *testing.T) {
 		{"kernel log first", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), counted(50*time.Millisecond, fact)}},
 		{"the counter between the lines", []step{logged(0, lines[0]), counted(late, fact), logged(late+1, lines[1]), logged(late+2, lines[2])}},
 		{"a line after the event went out", []step{counted(0, fact), logged(1, lines[0]), logged(2, lines[1]), logged(window+time.Millisecond, lines[2])}},
-		{"the counters named one process", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), counted(late, partial)}},
+		{"the counters named none", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), counted(late, unnamed)}},
+		{"a thread's line", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), logged(3, thread), counted(late, fact)}},
+		{"a thread's line, counter first", []step{counted(0, fact), logged(1, lines[0]), logged(2, lines[1]), logged(3, lines[2]), logged(4, thread)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			evs := run(newMatcherTest(Config{Scope: memRoot + "/kubepods"}), tc.steps...)
