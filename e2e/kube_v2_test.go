@@ -112,6 +112,12 @@ func TestV2KubeInstallReportUninstall(t *testing.T) {
 	t.Run("GuaranteedPodLimitGuarded", e.testGuaranteed)
 	t.Run("ResizeMovesTheThreshold", e.testResize)
 	t.Run("Seed003SingleProcessOOMKill", e.testSeed003Single)
+	// The kernel's own kills, which the guard above pre-empted every time:
+	// the same DaemonSet re-applied with --policy=noop in the same run
+	// (cheaper than a second node: one rolling update, one kubelet
+	// restart).
+	t.Run("NoopKernelKillsChildAlone", e.testNoopSingle)
+	t.Run("NoopKernelKillsTheGroup", e.testNoopGroup)
 	t.Run("UninstallLeavesNothing", func(t *testing.T) { e.testUninstall(t, bystander, before) })
 	t.Run("MemoryQoSOwnsMemoryHigh", e.testMemoryQoS)
 	e.figure(t, "whole test in the VM: %v (node start included)", time.Since(start).Round(time.Second))
@@ -173,11 +179,7 @@ func (e *v2env) install(t *testing.T) {
 // container, so the guard kills all of it, as the kernel would: the
 // container restarts.
 func (e *v2env) testGuardKillsFirst(t *testing.T) {
-	pod := e.startPod(t, "leak", leakScript, burstable("32Mi", "64Mi"), true)
-	podCg, ctrCg := v2Cgroups(t, pod)
-	if g := readTrim(t, ctrCg, "memory.oom.group"); g != "1" {
-		t.Errorf("%s/memory.oom.group = %s, want the kubelet's 1", ctrCg, g)
-	}
+	pod, podCg, ctrCg := e.startReleased(t, "leak", leakScript, "1")
 	// memory.oom.group=1: the process policy kills all of the container,
 	// and says so.
 	ev := e.waitPodEvent(t, pod, "awk", event.KillContainer)
@@ -199,11 +201,7 @@ func (e *v2env) testGuardKillsFirst(t *testing.T) {
 // overage passes a batch, and the read stops at a pending SIGKILL). The
 // container restarts; no ContainerChildOOMKilled (no child is left alive).
 func (e *v2env) testSeed003Group(t *testing.T) {
-	pod := e.startPod(t, "seed003-group", seed003Script, burstable("32Mi", "64Mi"), true)
-	_, ctrCg := v2Cgroups(t, pod)
-	if g := readTrim(t, ctrCg, "memory.oom.group"); g != "1" {
-		t.Errorf("%s/memory.oom.group = %s, want the kubelet's 1", ctrCg, g)
-	}
+	pod, _, _ := e.startReleased(t, "seed003-group", seed003Script, "1")
 	ev := e.waitPodEvent(t, pod, "", event.CgroupOOM, event.KillProcess, event.KillContainer)
 	t.Logf("event %s: %s", ev.Reason, ev.Message)
 	rc := e.waitRestart(t, pod, 1)
@@ -231,15 +229,148 @@ func (e *v2env) testSeed003Single(t *testing.T) {
 		}
 		t.Logf("kubelet: %s", e.node.DaemonLog("kubelet"))
 	})
-	pod := e.startPod(t, "seed003-single", seed003Script, burstable("32Mi", "64Mi"), true)
-	_, ctrCg := v2Cgroups(t, pod)
-	if g := readTrim(t, ctrCg, "memory.oom.group"); g != "0" {
-		t.Errorf("%s/memory.oom.group = %s, want 0 under singleProcessOOMKill", ctrCg, g)
-	}
+	pod, _, _ := e.startReleased(t, "seed003-single", seed003Script, "0")
 	ev := e.waitPodEvent(t, pod, "dd", event.ChildOOM, event.KillProcess)
 	t.Logf("event %s: %s", ev.Reason, ev.Message)
 	e.checkRunning(t, pod)
 	e.figure(t, "seed 003, singleProcessOOMKill: %s on the pod, pod Running, restartCount 0", ev.Reason)
+}
+
+// noopManifest is the installed manifest with --policy=noop instead of
+// its policy, and nothing else changed.
+func (e *v2env) noopManifest(t *testing.T) []byte {
+	t.Helper()
+	policy := regexp.MustCompile(`(?m)^(\s+- --policy=).*$`)
+	if n := len(policy.FindAll(e.manifest, -1)); n != 1 {
+		t.Fatalf("deploy/oom-guard.yaml has %d --policy lines, want 1", n)
+	}
+	return policy.ReplaceAll(e.manifest, []byte("${1}noop"))
+}
+
+// applyNoop re-applies the DaemonSet with --policy=noop (a rolling update
+// of its one pod) and waits until the new pod guards. The uninstall test
+// deletes it like the first.
+func (e *v2env) applyNoop(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	if out, err := e.node.Kubectl(ctx, e.noopManifest(t), "apply", "-f", "-"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	err := poll(ctx, func() error {
+		ds, err := e.client.AppsV1().DaemonSets("kube-system").Get(ctx, "oom-guard", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if st := ds.Status; st.ObservedGeneration < ds.Generation || st.UpdatedNumberScheduled != 1 || st.NumberReady != 1 || st.NumberAvailable != 1 {
+			return fmt.Errorf("daemonset generation %d, status %+v", ds.Generation, st)
+		}
+		pods, err := e.client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app=oom-guard"})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 || pods.Items[0].DeletionTimestamp != nil {
+			return fmt.Errorf("%d guard pods, the old one still going", len(pods.Items))
+		}
+		logs, err := e.node.Kubectl(ctx, nil, "-n", "kube-system", "logs", pods.Items[0].Name, "oomguard")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(logs, "policy noop)") {
+			return fmt.Errorf("the noop guard has not said it is guarding; its log:\n%s", logs)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("noop guard not ready: %v", err)
+	}
+	e.figure(t, "DaemonSet re-applied with --policy=noop: the new pod guarding %v after kubectl apply", time.Since(t0).Round(100*time.Millisecond))
+}
+
+// logGuard logs the guard's log lines about the pod (its UID is in every
+// cgroup path), to see the kernel's kill from the guard's side.
+func (e *v2env) logGuard(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	logs, err := e.node.Kubectl(context.Background(), nil, "-n", "kube-system", "logs", "ds/oom-guard", "oomguard")
+	if err != nil {
+		t.Logf("the guard's log: %v", err)
+		return
+	}
+	var about []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, string(pod.UID)) {
+			about = append(about, line)
+		}
+	}
+	t.Logf("the guard's log about pod %s:\n%s", pod.Name, strings.Join(about, "\n"))
+	if t.Failed() {
+		onNode, _ := e.node.Kubectl(context.Background(), nil, "get", "events", "-A", "--field-selector", "involvedObject.kind=Node")
+		t.Logf("events on the node:\n%s", onNode)
+	}
+}
+
+// testNoopSingle: under singleProcessOOMKill (the kubelet as the previous
+// test left it) and the noop guard, the kernel itself kills dd alone: one
+// ContainerChildOOMKilled on the pod naming it, no CgroupOOM, the pod
+// Running, restartCount 0.
+func (e *v2env) testNoopSingle(t *testing.T) {
+	if !e.node.Config().SingleProcessOOMKill {
+		t.Fatal("the kubelet is not under singleProcessOOMKill")
+	}
+	e.applyNoop(t)
+	pod, podCg, ctrCg := e.startReleased(t, "seed003-noop-single", seed003Script, "0")
+	defer e.logGuard(t, pod)
+	ev := e.waitPodEvent(t, pod, "dd", event.ChildOOM)
+	t.Logf("event %s: %s", ev.Reason, ev.Message)
+	e.checkRunning(t, pod) // 3 s: any second event would be there by now
+	evs := e.podEvents(t, pod)
+	t.Logf("the guard's events on the pod: %q", evs)
+	if n := countReason(evs, event.ChildOOM); n != 1 {
+		t.Errorf("%d %s events, want one: %q", n, event.ChildOOM, evs)
+	}
+	if n := countReason(evs, event.CgroupOOM) + countReason(evs, event.KillProcess) + countReason(evs, event.KillContainer); n != 0 {
+		t.Errorf("%d CgroupOOM or kill events besides, want none: %q", n, evs)
+	}
+	ce := v2Events(t, ctrCg)
+	if ce["oom_kill"] < 1 || ce["oom_group_kill"] != 0 {
+		t.Errorf("%s/memory.events %v: want the kernel's kill of one process, no group kill", ctrCg, ce)
+	}
+	e.figure(t, "noop, singleProcessOOMKill: the kernel killed dd alone (container memory.events oom_kill %d, oom_group_kill 0; pod oom %d): %d %s, %d %s on the pod, pod Running, restartCount 0",
+		ce["oom_kill"], v2Events(t, podCg)["oom"], countReason(evs, event.ChildOOM), event.ChildOOM, countReason(evs, event.WouldKill), event.WouldKill)
+}
+
+// testNoopGroup: the kubelet back at its default memory.oom.group=1, the
+// noop guard: the kernel kills the whole container (dd and its shell),
+// reported as ONE CgroupOOM on the pod naming the container and both
+// processes, however many threads the kernel counted; the container
+// restarts; no ContainerChildOOMKilled.
+func (e *v2env) testNoopGroup(t *testing.T) {
+	d := e.node.RestartKubelet(t, vmnode.KubeletConfig{})
+	e.figure(t, "kubelet restarted with its defaults (memory.oom.group=1), node Ready again in %v", d.Round(100*time.Millisecond))
+	pod, podCg, ctrCg := e.startReleased(t, "seed003-noop-group", seed003Script, "1")
+	defer e.logGuard(t, pod)
+	ev := e.waitPodEvent(t, pod, "dd", event.CgroupOOM, event.ChildOOM)
+	t.Logf("event %s: %s", ev.Reason, ev.Message)
+	rc := e.waitRestart(t, pod, 1)
+	time.Sleep(3 * time.Second) // any second event would be there by now
+	evs := e.podEvents(t, pod)
+	t.Logf("the guard's events on the pod: %q", evs)
+	if n := countReason(evs, event.CgroupOOM); n != 1 {
+		t.Errorf("%d %s events, want one for the one group kill: %q", n, event.CgroupOOM, evs)
+	}
+	if n := countReason(evs, event.ChildOOM); n != 0 {
+		t.Errorf("%d %s events, but memory.oom.group killed the whole container: %q", n, event.ChildOOM, evs)
+	}
+	if !strings.Contains(ev.Message, "sh (pid ") || !strings.Contains(ev.Message, "memory.oom.group is set on "+ctrCg) {
+		t.Errorf("message %q: want the shell named too, and the group", ev.Message)
+	}
+	pe := v2Events(t, podCg) // the container's cgroup went with the restart
+	if pe["oom_group_kill"] != 1 || pe["oom_kill"] < 2 {
+		t.Errorf("%s/memory.events %v: want one group kill of (at least) two", podCg, pe)
+	}
+	e.figure(t, "noop, memory.oom.group=1: the kernel killed the container whole (pod memory.events oom_group_kill %d, oom_kill %d): %d %s on the pod, %d %s, %d restart(s)",
+		pe["oom_group_kill"], pe["oom_kill"], countReason(evs, event.CgroupOOM), event.CgroupOOM, countReason(evs, event.ChildOOM), event.ChildOOM, rc)
 }
 
 // testGuaranteed: a Guaranteed pod's limit is on its pod cgroup as well
@@ -496,6 +627,19 @@ func (e *v2env) startPod(t *testing.T, name, script string, res corev1.ResourceR
 		}
 	}
 	return created
+}
+
+// startReleased starts a Burstable pod of 32/64 Mi running script,
+// releases its child, and checks the memory.oom.group the kubelet set on
+// its container (the kubelet's default 1, 0 under singleProcessOOMKill).
+func (e *v2env) startReleased(t *testing.T, name, script, oomGroup string) (pod *corev1.Pod, podCg, ctrCg string) {
+	t.Helper()
+	pod = e.startPod(t, name, script, burstable("32Mi", "64Mi"), true)
+	podCg, ctrCg = v2Cgroups(t, pod)
+	if g := readTrim(t, ctrCg, "memory.oom.group"); g != oomGroup {
+		t.Errorf("%s/memory.oom.group = %s, want %s (the kubelet's singleProcessOOMKill %v)", ctrCg, g, oomGroup, e.node.Config().SingleProcessOOMKill)
+	}
+	return pod, podCg, ctrCg
 }
 
 func (e *v2env) podEvents(t *testing.T, pod *corev1.Pod) []string {

@@ -47,6 +47,12 @@ type Memory interface {
 	// cgroup's own processes (not its descendants'), whichever limit was
 	// hit: summed over a sub-tree, each kill counts once.
 	OOMKills(rel string) (uint64, error)
+	// OOMGroupKills is the kernel's cumulative count of the times it
+	// killed the cgroup whole for memory.oom.group (v2 oom_group_kill in
+	// memory.events.local, 5.17+): once per group kill, however many
+	// processes and threads it took. ErrNoGroupKillCounter on v1 and on
+	// older kernels.
+	OOMGroupKills(rel string) (uint64, error)
 	// OOMGroup tells whether the kernel's OOM killer kills the cgroup
 	// whole (v2 memory.oom.group, set by the kubelet on containers since
 	// 1.28); always false on v1, which has no such setting.
@@ -197,6 +203,13 @@ func (m *V1) UnderOOM(rel string) (bool, error) {
 // OOMGroup is false: v1 has no memory.oom.group.
 func (m *V1) OOMGroup(string) (bool, error) { return false, nil }
 
+// OOMGroupKills: v1 kills no group.
+func (m *V1) OOMGroupKills(string) (uint64, error) { return 0, ErrNoGroupKillCounter }
+
+// ErrNoGroupKillCounter means the kernel does not count group kills (v1;
+// v2 before 5.17: no oom_group_kill in memory.events.local).
+var ErrNoGroupKillCounter = errors.New("no oom_group_kill counter in memory.events.local (cgroup v1, or a kernel before 5.17)")
+
 // OOMControl parses memory.oom_control.
 func (m *V1) OOMControl(rel string) (map[string]uint64, error) {
 	f, err := m.fs.Open(rel, "memory.oom_control")
@@ -321,6 +334,22 @@ func (m *V2) ownKillsFromHierarchical(rel string) (uint64, error) {
 		own -= min(own, ke["oom_kill"])
 	}
 	return own, nil
+}
+
+// OOMGroupKills reads oom_group_kill from memory.events.local (5.17+).
+func (m *V2) OOMGroupKills(rel string) (uint64, error) {
+	e, err := m.LocalEvents(rel)
+	if errors.Is(err, os.ErrNotExist) && m.fs.Exists(rel) {
+		return 0, ErrNoGroupKillCounter
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, ok := e["oom_group_kill"]
+	if !ok {
+		return 0, ErrNoGroupKillCounter
+	}
+	return n, nil
 }
 
 // OOMGroup reads memory.oom.group (4.19+); a kernel without it never

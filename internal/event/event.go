@@ -92,8 +92,9 @@ type Event struct {
 	// Reaction is the guard's time from the kernel's notification to the
 	// kill signal (nanoseconds in JSON); 0 when not measured.
 	Reaction time.Duration `json:"reactionNanos,omitempty"`
-	// OOMGroup is the memory.oom.group cgroup killed whole, where the
-	// guard killed all of it as the kernel would have.
+	// OOMGroup is the memory.oom.group cgroup killed whole: by the
+	// kernel (a CgroupOOM of all its processes, one event per container)
+	// or by the guard, as the kernel would have.
 	OOMGroup string `json:"oomGroup,omitempty"`
 	Identity
 	// Message is one line a person can read; sinks may use it as is.

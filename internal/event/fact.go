@@ -40,7 +40,14 @@ type CounterKill struct {
 	OOMCgroup, ProcCgroup   string
 	Threshold, Usage, Limit uint64
 	Stats                   string
-	// Victim is the process the guard saw in ProcCgroup before the kill
-	// and found gone after; nil when it cannot tell.
-	Victim *Process
+	// Victims are the processes the guard saw in ProcCgroup before the
+	// kill and found gone after: the one victim of a kill, or, for a
+	// memory.oom.group kill, every process it took (the likeliest first
+	// victim first); empty when it cannot tell.
+	Victims []Process
+	// OOMGroup is the cgroup with memory.oom.group set that the kernel
+	// killed whole (absolute path): the kill is one, of the whole
+	// container, however many processes and threads it counted. Empty
+	// for a kill of one process.
+	OOMGroup string
 }

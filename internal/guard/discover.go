@@ -122,6 +122,9 @@ func (g *Guard) readKnown(c *cg) {
 		var limit uint64
 		if limit, err = g.mem.Limit(c.rel); err == nil {
 			c.oomKills = n
+			if groups, err := g.mem.OOMGroupKills(c.rel); err == nil {
+				c.groupKills = groups
+			}
 			g.setLimit(c, limit)
 			return
 		}

@@ -43,6 +43,8 @@ type fakeKernel struct {
 type fakeCgroup struct {
 	limit, usage, reclaimable, oomKills uint64
 	gone                                bool
+	oomGroup                            bool   // memory.oom.group set (as on v2)
+	groupKills                          uint64 // oom_group_kill
 }
 
 type fakeProc struct {
@@ -133,7 +135,18 @@ func (m fakeMem) Stat(rel string) (cgroup.Stat, error) {
 	r, err := m.read(rel, func(c *fakeCgroup) uint64 { return c.reclaimable })
 	return cgroup.Stat{Reclaimable: r, Text: fmt.Sprintf("total_inactive_file %d|", r)}, err
 }
-func (m fakeMem) OOMGroup(string) (bool, error)               { return false, nil }
+func (m fakeMem) OOMGroupKills(rel string) (uint64, error) {
+	return m.read(rel, func(c *fakeCgroup) uint64 { return c.groupKills })
+}
+func (m fakeMem) OOMGroup(rel string) (bool, error) {
+	on, err := m.read(rel, func(c *fakeCgroup) uint64 {
+		if c.oomGroup {
+			return 1
+		}
+		return 0
+	})
+	return on == 1, err
+}
 func (m fakeMem) Reclaim(string, uint64, time.Duration) error { return nil }
 func (m fakeMem) SoftLimit(rel string) (uint64, error)        { return cgroup.Unlimited, nil }
 func (m fakeMem) SetSoftLimit(string, uint64) error           { return nil }

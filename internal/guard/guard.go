@@ -66,6 +66,7 @@ type cg struct {
 	killingRest atomic.Bool // the rest of its victim's container is being killed, off the loop
 
 	oomKills   uint64    // kernel oom_kill count already reported
+	groupKills uint64    // kernel oom_group_kill count already reported (v2, 5.17+)
 	oomCheckAt time.Time // zero: no kernel OOM count check pending
 	oomChecks  int       // checks done since the kernel's OOM notification
 	// oomSeen is the processes listed at the kernel's last OOM
@@ -110,14 +111,15 @@ type Guard struct {
 	regQueue       regQueue // registrations waiting for a registrar
 	registrarsOn   bool     // the registrars run (started at the first registration)
 	regs           sync.WaitGroup
-	killers        sync.WaitGroup // container kills off the loop (act.go)
-	own            ownKills       // the guard's own recent kills (kernelkill.go)
-	aside          sync.WaitGroup // every other goroutine Run starts (goAside)
-	inotifyFailing bool           // the last inotify reset was refused
-	scopeUnknown   bool           // a victim's cgroup could not be told at its kill (said once)
-	records        *records       // what the guard wrote into cgroups, for a successor (record.go); nil: none
-	inFlight       int            // registrations started, not yet installed
-	baseFds        int            // fds open at the start (fds.go)
+	killers        sync.WaitGroup        // container kills off the loop (act.go)
+	own            ownKills              // the guard's own recent kills (kernelkill.go)
+	groupKills     map[string]*groupKill // kernel group kills counted, not yet reported (kernelkill.go)
+	aside          sync.WaitGroup        // every other goroutine Run starts (goAside)
+	inotifyFailing bool                  // the last inotify reset was refused
+	scopeUnknown   bool                  // a victim's cgroup could not be told at its kill (said once)
+	records        *records              // what the guard wrote into cgroups, for a successor (record.go); nil: none
+	inFlight       int                   // registrations started, not yet installed
+	baseFds        int                   // fds open at the start (fds.go)
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
 	ready          chan struct{}
@@ -177,7 +179,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 	return &Guard{
 		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
-		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{},
+		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{}, groupKills: map[string]*groupKill{},
 		parents: map[string]int{}, journal: map[string]entry{}, journalAsk: make(chan struct{}, 1), journals: make(chan map[string]entry, 1),
 		walks: make(chan []change, 1), walkAsk: make(chan struct{}, 1), resetAsk: make(chan struct{}, 1),
 		resetWork: make(chan struct{}, 1), resets: make(chan reset, 1),

@@ -40,7 +40,8 @@ var oomCheckDelays = [...]time.Duration{time.Millisecond, 10 * time.Millisecond,
 // countKernelKills reports kernel OOM kills in c and its descendants since
 // the last count (v1's oom_kill is charged to the victim's own cgroup), one
 // fact per kill, naming the victim where the processes seen before the
-// kill tell which one is gone.
+// kill tell which one is gone; a memory.oom.group kill (v2) is one fact
+// per cgroup whose count moved, naming all it took (reportGroupKills).
 func (g *Guard) countKernelKills(c *cg) {
 	usage, err := g.mem.Usage(c.rel)
 	if err != nil && !cgroup.IsNotExist(err) {
@@ -69,19 +70,18 @@ func (g *Guard) countKernelKills(c *cg) {
 		if err != nil || n <= d.oomKills {
 			continue
 		}
+		if group := g.oomGroup(c, rel); group != "" {
+			// A memory.oom.group kill: one kill of the whole group, which
+			// the kernel counts once per thread it signals and goes on
+			// counting after the victim. Noted now, reported at the last
+			// check, or as soon as the cgroup goes (its container's
+			// runtime removes it when the last process is dead).
+			g.noteGroupKill(c, rel, group, n)
+			counted, waiting = true, true
+			continue
+		}
 		delta := n - d.oomKills
 		victims := g.goneFrom(c, rel)
-		if g.oomGroup(c, rel) != "" {
-			// A memory.oom.group kill: the kernel counts it once per
-			// thread it signals, not per process, and goes on counting
-			// after the victim. So wait for the last check and report
-			// one kill per process seen there and gone.
-			if !lastCheck {
-				waiting = true
-				continue
-			}
-			delta = max(uint64(len(victims)), 1)
-		}
 		if uint64(len(victims)) < delta && !lastCheck {
 			waiting = true // a victim still dying: name it at the next check
 			continue
@@ -94,7 +94,7 @@ func (g *Guard) countKernelKills(c *cg) {
 				Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text,
 			}
 			if i < uint64(len(victims)) {
-				k.Victim = &processes(g, victims[i:i+1])[0]
+				k.Victims = processes(g, victims[i:i+1])
 				// Named once: a later kill must not name it again.
 				delete(c.seen, victims[i].Pid)
 				g.own.note(victims[i], nil)
@@ -102,12 +102,90 @@ func (g *Guard) countKernelKills(c *cg) {
 			g.reporter.Counted(k)
 		}
 	}
+	g.reportGroupKills(c, lastCheck)
 	if (waiting || !counted) && !lastCheck {
 		c.oomChecks++
 		c.oomCheckAt = g.clock.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
 		return
 	}
 	c.seen, c.oomSeen = nil, nil
+}
+
+// groupKill is a kernel memory.oom.group kill counted in cgroup rel and
+// not yet reported: by the guarded cgroup c whose OOM notification led
+// to the count, which names the victims.
+type groupKill struct {
+	c          *cg
+	group      string // the cgroup with memory.oom.group set (rel or above it)
+	oomKills   uint64 // rel's count at the last read
+	groupKills uint64 // the group's oom_group_kill then; 0: no such counter
+}
+
+// noteGroupKill notes a moved count n in rel, of a kill of group, for c
+// to report (reportGroupKills). A count already noted under another
+// guarded cgroup (the pod's limit and the container's, both notified)
+// stays with the first. A count that moved after its group kill was
+// reported is that kill's still: the kernel's scan signals (and counts)
+// the group's processes one after another, printing a line for each, and
+// on a slow console that goes on after the guard has looked (as on the
+// v2 node in the VM). The group's own oom_group_kill (5.17+) tells a new
+// group kill from the rest of one reported.
+func (g *Guard) noteGroupKill(c *cg, rel, group string, n uint64) {
+	if k, ok := g.groupKills[rel]; ok {
+		k.oomKills = max(k.oomKills, n)
+		return
+	}
+	gk, err := g.mem.OOMGroupKills(group)
+	if gc := g.known[group]; err == nil && gc != nil && gk <= gc.groupKills {
+		klog.V(2).Infof("cgroup %s: %d more kills counted, of the memory.oom.group kill of %s already reported", rel, n-g.known[rel].oomKills, group)
+		g.known[rel].oomKills = n
+		return
+	}
+	if err != nil {
+		gk = 0
+	}
+	g.groupKills[rel] = &groupKill{c: c, group: group, oomKills: n, groupKills: gk}
+}
+
+// reportGroupKills reports c's noted group kills whose cgroup is gone,
+// and with all, every one: ONE fact per cgroup whose count moved (a
+// container), naming all its processes seen before and gone after,
+// however many processes and threads the kernel counted.
+func (g *Guard) reportGroupKills(c *cg, all bool) {
+	for rel, k := range g.groupKills {
+		if k.c != c {
+			continue
+		}
+		if !all && g.mem.FS().Exists(rel) {
+			continue
+		}
+		d, known := g.known[rel]
+		delete(g.groupKills, rel)
+		if known {
+			if n, err := g.mem.OOMKills(rel); err == nil {
+				k.oomKills = max(k.oomKills, n)
+			}
+			if k.oomKills <= d.oomKills {
+				continue // reported under another guarded cgroup
+			}
+			d.oomKills = k.oomKills
+		}
+		if gc := g.known[k.group]; gc != nil {
+			gc.groupKills = max(gc.groupKills, k.groupKills)
+		}
+		victims := g.groupVictims(c, rel)
+		for _, v := range victims {
+			delete(c.seen, v.Pid) // named once
+			g.own.note(v, nil)
+		}
+		usage, _ := g.mem.Usage(c.rel)
+		stat, _ := g.mem.Stat(c.rel)
+		g.reporter.Counted(event.CounterKill{
+			At: g.clock.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
+			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: stat.Text,
+			Victims: processes(g, victims), OOMGroup: g.absPath(k.group),
+		})
+	}
 }
 
 // inferKernelKills reports the kernel's OOM kills in cgroup rel (c or below
@@ -156,7 +234,7 @@ func (g *Guard) inferKernelKills(c *cg, rel string, usage uint64, statText strin
 		g.reporter.Counted(event.CounterKill{
 			At: g.clock.Now(), OOMCgroup: g.absPath(c.rel), ProcCgroup: g.absPath(rel),
 			Threshold: c.threshold, Usage: usage, Limit: c.limit, Stats: statText,
-			Victim: &processes(g, victims[i:i+1])[0],
+			Victims: processes(g, victims[i:i+1]),
 		})
 	}
 	return len(victims)
@@ -221,6 +299,24 @@ func (g *Guard) goneFrom(c *cg, rel string) []kill.Candidate {
 	// the first is the likeliest victim of the first kill.
 	slices.SortFunc(gone, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
 	return gone
+}
+
+// groupVictims lists the processes seen in cgroup rel (below c) that a
+// group kill took: gone, or dying of the kernel's SIGKILL (the scan goes
+// on signalling while it prints), not the guard's own kills. The largest
+// first, as goneFrom.
+func (g *Guard) groupVictims(c *cg, rel string) []kill.Candidate {
+	var took []kill.Candidate
+	for _, k := range c.seen {
+		if st, ok := c.ours[k.Pid]; ok && st == k.StartTime || k.Cgroup != rel || g.own.killed(k) {
+			continue
+		}
+		if g.killer.FateOf(k) != kill.Running {
+			took = append(took, k)
+		}
+	}
+	slices.SortFunc(took, func(a, b kill.Candidate) int { return cmp.Compare(b.OOMScore, a.OOMScore) })
+	return took
 }
 
 // killedOne notes a process the guard killed in c: it is not the kernel's

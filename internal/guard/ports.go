@@ -34,6 +34,7 @@ type Hierarchy interface {
 	Stat(rel string) (cgroup.Stat, error)
 	OOMKills(rel string) (uint64, error)
 	OOMGroup(rel string) (bool, error)
+	OOMGroupKills(rel string) (uint64, error)
 	Reclaim(rel string, bytes uint64, budget time.Duration) error
 	SoftLimit(rel string) (uint64, error)
 	SetSoftLimit(rel string, bytes uint64) error

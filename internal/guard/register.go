@@ -356,6 +356,9 @@ func (g *Guard) unguard(c *cg) {
 	if !c.guarded() {
 		return
 	}
+	// What c counted of a group kill is reported before what names its
+	// victims goes (its cgroup removed: its processes are gone with it).
+	g.reportGroupKills(c, true)
 	g.closeWatch(c.thw)
 	g.closeWatch(c.earlyw)
 	g.closeWatch(c.oomw)

@@ -1,6 +1,8 @@
 package guard
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -237,8 +239,98 @@ func TestKernelKillCounting(t *testing.T) {
 			switch {
 			case tc.victim == 0 && len(k.counted) != 0:
 				t.Fatalf("facts %+v for an OOM that killed nothing", k.counted)
-			case tc.victim != 0 && (len(k.counted) != 1 || k.counted[0].Victim == nil || k.counted[0].Victim.Pid != tc.victim):
+			case tc.victim != 0 && (len(k.counted) != 1 || len(k.counted[0].Victims) != 1 || k.counted[0].Victims[0].Pid != tc.victim):
 				t.Fatalf("facts %+v, want one naming pid %d", k.counted, tc.victim)
+			}
+		})
+	}
+}
+
+// A kernel memory.oom.group kill is ONE fact per cgroup whose count
+// moved (the container), naming every process it took, however many
+// threads the kernel counted: also when the container's cgroup goes
+// before the last check (its runtime removes it once all is dead), and
+// when the guarded cgroup is that container itself, and when the kernel
+// goes on killing (and counting) the group's processes after the report
+// (a slow console). Without the group (v1 has none), each kill is a fact
+// of its own.
+func TestKernelGroupKillCountedOnce(t *testing.T) {
+	const ctr = "/pod/ctr"
+	pids := []int{bigPid, smallPid, 103}
+	for _, tc := range []struct {
+		name     string
+		group    bool
+		notified string // the guarded cgroup whose OOM notification comes
+		goneAt   int    // ctr's cgroup removed after this many checks; 0: never
+		later    bool   // the count moves on after the report, the container's watch fires
+		want     int    // facts
+	}{
+		{"group: one fact at the last check", true, "/pod", 0, false, 1},
+		{"group: one fact when the container's cgroup goes first", true, "/pod", 1, false, 1},
+		{"group: the guarded container's own cgroup goes", true, ctr, 2, false, 1},
+		{"group: the scan counts on after the report", true, "/pod", 0, true, 1},
+		{"no group: one fact per kill", false, "/pod", 0, false, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Policy = PolicyNoop
+			g, k := newFakeGuard(t, cfg)
+			k.guardNew(g, "/pod", fLimit, fBelow)
+			k.guardNew(g, ctr, fLimit, fBelow)
+			k.set(func() { k.cgroups[ctr].oomGroup = tc.group })
+			for i, pid := range pids {
+				k.proc(ctr, pid, uint64(60-20*i)<<10, 0)
+			}
+			c := g.known[tc.notified]
+			g.dispatch(c.oomw.Fd(), k.now)
+			k.set(func() {
+				for _, pid := range pids {
+					k.procs[pid].alive = false
+				}
+				// The group scan counts every thread it signals.
+				k.cgroups[ctr].oomKills = map[bool]uint64{true: 7, false: 3}[tc.group]
+				if tc.group {
+					k.cgroups[ctr].groupKills = 1
+				}
+			})
+			checks := func() {
+				for i, d := range oomCheckDelays {
+					if i == tc.goneAt && tc.goneAt > 0 {
+						if err := os.Remove(filepath.Join(k.root, ctr)); err != nil {
+							t.Fatal(err)
+						}
+						k.set(func() { k.cgroups[ctr].gone = true })
+						g.forgetTree(ctr) // as inotify tells it
+					}
+					g.runTimers(k.now.Add(d))
+				}
+			}
+			checks()
+			if tc.later {
+				k.set(func() { k.cgroups[ctr].oomKills += 2 })
+				k.advance(time.Second)
+				g.dispatch(g.known[ctr].oomw.Fd(), k.now) // its own oom_kill moved
+				checks()
+			}
+			if len(k.counted) != tc.want {
+				t.Fatalf("%d facts, want %d: %+v", len(k.counted), tc.want, k.counted)
+			}
+			named := map[int]bool{}
+			for _, f := range k.counted {
+				if f.ProcCgroup != g.absPath(ctr) || (f.OOMGroup != "") != tc.group || tc.group && f.OOMGroup != g.absPath(ctr) {
+					t.Errorf("fact %+v: want the kill in %s, group %v", f, ctr, tc.group)
+				}
+				for _, p := range f.Victims {
+					named[p.Pid] = true
+				}
+			}
+			for _, pid := range pids {
+				if !named[pid] {
+					t.Errorf("pid %d not named: %+v", pid, k.counted)
+				}
+			}
+			if !tc.group && len(k.counted) == 3 && len(k.counted[0].Victims) != 1 {
+				t.Errorf("a single kill names %d processes", len(k.counted[0].Victims))
 			}
 		})
 	}

@@ -11,6 +11,7 @@ package guard_test
 import (
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -371,8 +372,8 @@ func TestV2PageCacheStandsDown(t *testing.T) {
 }
 
 // memory.oom.group: the kernel kills such a cgroup whole, so the process
-// policy does too and says why; and when the kernel does it, each process
-// it killed is reported once.
+// policy does too and says why; and when the kernel does it, the kill is
+// one event naming every process it took.
 func TestV2OOMGroup(t *testing.T) {
 	t.Run("process policy kills the group", func(t *testing.T) {
 		cg := newV2Cgroup(t)
@@ -394,37 +395,46 @@ func TestV2OOMGroup(t *testing.T) {
 			t.Fatalf("kernel oom_kill = %d", n)
 		}
 	})
-	t.Run("kernel group kill reported once per process", func(t *testing.T) {
+	t.Run("kernel group kill is one event of the whole group", func(t *testing.T) {
 		cg := newV2Cgroup(t)
 		rel := cg.Child(t, "c", 64<<20)
 		cg.Write(t, rel, "memory.oom.group", "1")
-		idle := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
-		cg.Start(t, rel, idle)
-		g := startV2Guard(t, cg, noopSeeingConfig(), nil)
+		var idle []*exec.Cmd
+		for range 2 {
+			p := testenv.HogCommand(testenv.HogSpec{Kind: "sleep"})
+			cg.Start(t, rel, p)
+			idle = append(idle, p)
+		}
+		// As the binary wires it: the counters and the kernel log.
+		g := startV2Guard(t, cg, noopSeeingConfig(), reconciled(t, cg))
 		hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		cg.Start(t, rel, hog)
 		testenv.WaitExit(t, hog, 30*time.Second)
-		testenv.WaitExit(t, idle, 10*time.Second)
-		time.Sleep(500 * time.Millisecond) // the guard's last count check
+		for _, p := range idle {
+			testenv.WaitExit(t, p, 10*time.Second)
+		}
+		k := g.sink.wait(t, event.CgroupOOM, 10*time.Second)
+		time.Sleep(time.Second) // the guard's last count check and the reconciler's window, twice over
 		local := v2Events(t, cg, rel, "memory.events.local")
-		if local["oom_group_kill"] != 1 {
-			t.Fatalf("memory.events.local %v: want one group kill", local)
+		if local["oom_group_kill"] != 1 || local["oom_kill"] < 3 {
+			t.Fatalf("memory.events.local %v: want one group kill of three processes", local)
 		}
 		// The kernel's oom_kill counts each thread it signalled (here
-		// more than the two processes): one event per process.
-		kills := filter(g.sink.all(), event.CgroupOOM)
-		if len(kills) != 2 || local["oom_kill"] < 2 {
-			t.Fatalf("%d CgroupOOM events for two processes (oom_kill %d): %+v", len(kills), local["oom_kill"], kills)
+		// more than the three processes) and its log prints a line per
+		// process: one event for the one kill of the group.
+		if kills := filter(g.sink.all(), event.CgroupOOM); len(kills) != 1 {
+			t.Fatalf("%d CgroupOOM events for one group kill (oom_kill %d): %+v", len(kills), local["oom_kill"], kills)
 		}
 		named := map[int]bool{}
-		for _, k := range kills {
-			for _, p := range k.Processes {
-				named[p.Pid] = true
-			}
+		for _, p := range k.Processes {
+			named[p.Pid] = true
 		}
-		if !named[hog.Process.Pid] || !named[idle.Process.Pid] {
-			t.Fatalf("events name %v, want the hog %d and the idle process %d", named, hog.Process.Pid, idle.Process.Pid)
+		if k.OOMGroup != cg.Path("c") || k.ProcCgroup != cg.Path("c") || len(k.Processes) != 3 ||
+			!named[hog.Process.Pid] || !named[idle[0].Process.Pid] || !named[idle[1].Process.Pid] ||
+			!strings.Contains(k.Message, "memory.oom.group is set on "+cg.Path("c")+": the kernel killed all of it") {
+			t.Fatalf("event %+v: want the group %s, its three processes (hog %d)", k, cg.Path("c"), hog.Process.Pid)
 		}
+		t.Logf("one event for oom_kill %d, oom_group_kill %d: %s", local["oom_kill"], local["oom_group_kill"], k.Message)
 	})
 }
 

@@ -138,7 +138,7 @@ type probe struct {
 	index         int           // in the queue; -1 when not in it
 }
 
-type eventCounts struct{ high, max, oom uint64 }
+type eventCounts struct{ high, max, oom, oomKill uint64 }
 
 // NewV2Notifier makes a notifier for the v2 hierarchy fs.
 func NewV2Notifier(fs *cgroup.FS, opts V2Options) (*V2Notifier, error) {
@@ -241,7 +241,8 @@ func (n *V2Notifier) kickLoop() {
 
 // OOM fires when the kernel finds rel out of memory: its own "oom" count
 // in memory.events.local went up (its limit was hit, whether or not the
-// kernel found a process to kill).
+// kernel found a process to kill), or its own "oom_kill" did (the kernel
+// killed in it, for its limit or an ancestor's).
 func (n *V2Notifier) OOM(rel string) (Watch, error) {
 	efd, err := newEventfd(n.fs.Path(rel, "memory.events.local"))
 	if err != nil {
@@ -553,7 +554,10 @@ func (n *V2Notifier) onEvents(p *probe, now time.Duration) {
 	}
 	old := p.counts
 	p.counts = c
-	if c.oom != old.oom {
+	// A kill counts too: the kernel kills after its report, which on a
+	// slow console can take longer than the guard looks after the "oom"
+	// (a group kill goes on killing while it prints, line by line).
+	if c.oom != old.oom || c.oomKill > old.oomKill {
 		for _, w := range p.ooms {
 			n.fire(w.Eventfd)
 		}
@@ -572,7 +576,7 @@ func readEvents(f *os.File, buf []byte) (eventCounts, error) {
 	if err != nil {
 		return eventCounts{}, fmt.Errorf("%s: %w", f.Name(), err)
 	}
-	return eventCounts{high: m["high"], max: m["max"], oom: m["oom"]}, nil
+	return eventCounts{high: m["high"], max: m["max"], oom: m["oom"], oomKill: m["oom_kill"]}, nil
 }
 
 // sample reads p's usage, fires the levels it crossed and schedules the

@@ -69,6 +69,45 @@ func TestV2NotifierOOMWatchIsLocal(t *testing.T) {
 	}
 }
 
+// The kernel's kill in a cgroup fires its OOM watch too, when the limit
+// hit was an ancestor's (a pod's): on the v2 node the kill came up to
+// 96 ms after the pod's "oom", later than the guard counts after it, so
+// the container's own oom_kill moving is what tells the guard of it.
+func TestV2NotifierOOMWatchFiresOnAKill(t *testing.T) {
+	vm.GuestOnly(t)
+	cg := testenv.NewV2Cgroup(t)
+	pod := cg.Child(t, "pod", 32<<20)
+	cg.Delegate(t, pod)
+	ctr := cg.Child(t, "pod/ctr", 0)
+	n, err := notify.NewV2Notifier(cg.FS, notify.DefaultV2Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	p := newPollerV2(t, n)
+	podOOM := mustWatch(t)(n.OOM(pod))
+	ctrOOM := mustWatch(t)(n.OOM(ctr))
+	for _, w := range []notify.Watch{podOOM, ctrOOM} {
+		defer w.Close()
+		if err := p.Add(w.Fd()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hog := testenv.HogCommand(testenv.HogSpec{MiB: 0})
+	cg.Start(t, ctr, hog)
+	fired := map[int]bool{}
+	for !fired[ctrOOM.Fd()] {
+		for _, fd := range waitReady(t, p, n, 30*time.Second) {
+			fired[fd] = true
+		}
+	}
+	_ = hog.Wait()
+	drainReady(p, n, fired)
+	if !fired[podOOM.Fd()] {
+		t.Error("the pod's OOM watch did not fire for its own limit")
+	}
+}
+
 func mustWatch(t *testing.T) func(notify.Watch, error) notify.Watch {
 	return func(w notify.Watch, err error) notify.Watch {
 		t.Helper()

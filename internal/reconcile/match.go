@@ -28,6 +28,10 @@ type matcher struct {
 	// cgroup's next own OOM: one kill too many, which no kernel-log record
 	// matches.
 	globalKills map[string][]int
+	// groupsOut are the memory.oom.group kills gone out in the last
+	// window: a kernel-log line of one of their processes that comes
+	// late is part of that one event, not a kill of its own.
+	groupsOut []waiting
 }
 
 // maxGlobalKillCgroups bounds globalKills: past it, a system OOM kill in a
@@ -39,6 +43,9 @@ type waiting struct {
 	ev    event.Event // a counter kill
 	kill  kmsg.Kill   // a kernel-log kill
 	until time.Time
+	// listed: the counters named the group kill's processes, which are
+	// then all it took (mergeGroup).
+	listed bool
 }
 
 func newMatcher(cfg Config) *matcher {
@@ -48,6 +55,23 @@ func newMatcher(cfg Config) *matcher {
 // counted takes a counter kill: out at once if the kernel log told of it
 // already, else it waits.
 func (m *matcher) counted(ev event.Event, now time.Time) []event.Event {
+	if ev.OOMGroup != "" {
+		// One kill of a whole group, of which the kernel log prints one
+		// line per process: it takes in every line of it that came, and
+		// waits out its window for the rest.
+		listed := len(ev.Processes) > 0
+		keep := m.waitingKills[:0]
+		for _, w := range m.waitingKills {
+			if m.inGroup(&ev, &w.kill) {
+				ev = m.mergeGroup(ev, w.kill, listed)
+			} else {
+				keep = append(keep, w)
+			}
+		}
+		m.waitingKills = keep
+		m.waitingEvents = append(m.waitingEvents, waiting{ev: ev, until: now.Add(m.cfg.Window), listed: listed})
+		return nil
+	}
 	for i, w := range m.waitingKills {
 		if m.matches(&ev, &w.kill) {
 			m.waitingKills = slices.Delete(m.waitingKills, i, i+1)
@@ -68,8 +92,20 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 		klog.V(3).Infof("kernel log: OOM kill of pid %d in %s, outside %s: not ours", k.Pid, k.TaskMemcg, m.cfg.Scope)
 		return nil
 	}
+	for i := range m.waitingEvents {
+		if w := &m.waitingEvents[i]; w.ev.OOMGroup != "" && m.inGroup(&w.ev, &k) {
+			w.ev = m.mergeGroup(w.ev, k, w.listed)
+			return nil
+		}
+	}
+	for _, w := range m.groupsOut {
+		if m.inGroup(&w.ev, &k) {
+			klog.V(3).Infof("kernel log: OOM kill of pid %d (%s), part of the memory.oom.group kill of %s already reported", k.Pid, k.Comm, w.ev.OOMGroup)
+			return nil
+		}
+	}
 	for i, w := range m.waitingEvents {
-		if m.matches(&w.ev, &k) {
+		if w.ev.OOMGroup == "" && m.matches(&w.ev, &k) {
 			m.waitingEvents = slices.Delete(m.waitingEvents, i, i+1)
 			return []event.Event{m.merge(w.ev, k)}
 		}
@@ -82,11 +118,21 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 // did not come in time.
 func (m *matcher) expire(now time.Time) []event.Event {
 	var out []event.Event
+	keepG := m.groupsOut[:0]
+	for _, w := range m.groupsOut {
+		if now.Before(w.until) {
+			keepG = append(keepG, w)
+		}
+	}
+	m.groupsOut = keepG
 	keep := m.waitingEvents[:0]
 	for _, w := range m.waitingEvents {
 		switch {
 		case now.Before(w.until):
 			keep = append(keep, w)
+		case w.ev.OOMGroup != "":
+			m.groupsOut = append(m.groupsOut, waiting{ev: w.ev, until: now.Add(m.cfg.Window)})
+			out = append(out, w.ev)
 		case !m.countedGlobalKill(&w.ev):
 			out = append(out, w.ev)
 		}
@@ -166,6 +212,53 @@ func (m *matcher) matches(ev *event.Event, k *kmsg.Kill) bool {
 	return k.TaskMemcg != "" && m.abs(k.TaskMemcg) == ev.ProcCgroup
 }
 
+// inGroup tells whether a kernel-log kill is one of a counted
+// memory.oom.group kill's: a process it names, one in its cgroup, or a
+// member the kernel's group scan killed (printed with the group, not its
+// own cgroup).
+func (m *matcher) inGroup(ev *event.Event, k *kmsg.Kill) bool {
+	if k.Global {
+		return false
+	}
+	for _, p := range ev.Processes {
+		if p.Pid == k.Pid {
+			return true
+		}
+	}
+	if k.TaskMemcg != "" {
+		return m.abs(k.TaskMemcg) == ev.ProcCgroup
+	}
+	return k.OOMGroup != "" && m.abs(k.OOMGroup) == ev.OOMGroup
+}
+
+// mergeGroup completes a group kill with one of its kernel-log lines: the
+// memory at death of the process it names, and which limit was hit. A
+// pid the counters did not name is a process of its own only when they
+// named none (listed false): else it is a thread of one they named (the
+// group scan signals, counts and prints every thread it meets, by its
+// thread id, as the v2 VM showed for a Go process), or a process born
+// after the guard looked.
+func (m *matcher) mergeGroup(ev event.Event, k kmsg.Kill, listed bool) event.Event {
+	if k.OOMMemcg != "" {
+		ev.OOMCgroup = m.abs(k.OOMMemcg)
+	}
+	ev.Processes = slices.Clone(ev.Processes)
+	i := slices.IndexFunc(ev.Processes, func(p event.Process) bool { return p.Pid == k.Pid })
+	if i < 0 && listed {
+		klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in the memory.oom.group kill of %s, not among its processes: one of their threads", k.Pid, k.Comm, ev.OOMGroup)
+		return ev
+	}
+	if i < 0 {
+		ev.Processes = append(ev.Processes, event.Process{Pid: k.Pid, Cgroup: ev.ProcCgroup})
+		i = len(ev.Processes) - 1
+	}
+	p := &ev.Processes[i]
+	p.Comm = k.Comm
+	p.AnonRSSKB, p.FileRSSKB, p.ShmemRSSKB, p.TotalVMKB = k.AnonRSSKB, k.FileRSSKB, k.ShmemRSSKB, k.TotalVMKB
+	ev.Killed = event.KilledField(ev.Processes)
+	return ev
+}
+
 // merge completes a counter kill with the kernel's own account: the
 // victim's memory at death, and which limit was hit (often the pod's,
 // while the counter moved in the container's cgroup).
@@ -180,6 +273,11 @@ func (m *matcher) merge(ev event.Event, k kmsg.Kill) event.Event {
 	ev.Killed = event.KilledField(ev.Processes)
 	if k.OOMMemcg != "" {
 		ev.OOMCgroup = m.abs(k.OOMMemcg)
+	}
+	if k.Global {
+		// The system's OOM killer took it; the kernel counts the kill in
+		// the victim's cgroup too, which the guard was told of.
+		ev.Reason, ev.Policy = event.SystemOOM, "Kernel"
 	}
 	return ev
 }

@@ -118,6 +118,8 @@ func oomGroupText(ev event.Event) string {
 		return ""
 	}
 	switch ev.Reason {
+	case event.CgroupOOM:
+		return "; memory.oom.group is set on " + ev.OOMGroup + ": the kernel killed all of it"
 	case event.WouldKill:
 		return "; memory.oom.group is set on " + ev.OOMGroup + ": the kernel will kill all of it"
 	case event.KillContainer:

@@ -208,7 +208,9 @@ func (r *Reconciler) out(ev event.Event, a *event.Action) {
 		ev.Hostname = r.cfg.Hostname
 	}
 	info := r.enrich(&ev)
-	if ev.Reason == event.CgroupOOM && ev.ContainerID != "" && r.childOfRunning(&ev, info) {
+	// A memory.oom.group kill took the whole container, even when the
+	// counters could name one process of it.
+	if ev.Reason == event.CgroupOOM && ev.OOMGroup == "" && ev.ContainerID != "" && r.childOfRunning(&ev, info) {
 		ev.Reason = event.ChildOOM
 	}
 	ev.Message = describe(ev, a)
@@ -238,9 +240,7 @@ func fromCounter(k event.CounterKill) event.Event {
 	ev := event.Event{
 		Timestamp: k.At, OOMCgroup: k.OOMCgroup, ProcCgroup: k.ProcCgroup,
 		Threshold: k.Threshold, Usage: k.Usage, Limit: k.Limit, Stats: k.Stats, Policy: "Kernel", Reason: event.CgroupOOM,
-	}
-	if k.Victim != nil {
-		ev.Processes = []event.Process{*k.Victim}
+		Processes: k.Victims, OOMGroup: k.OOMGroup,
 	}
 	ev.Killed = event.KilledField(ev.Processes)
 	return ev

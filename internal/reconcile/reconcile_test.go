@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bufio"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func newMatcherTest(cfg Config) *matcher {
 func counterKill(k kmsg.Kill, pid int) event.Event {
 	c := event.CounterKill{ProcCgroup: memRoot + k.TaskMemcg, OOMCgroup: memRoot + k.TaskMemcg}
 	if pid > 0 {
-		c.Victim = &event.Process{Pid: pid, Comm: k.Comm, AnonRSSKB: 1, PidInNS: pid}
+		c.Victims = []event.Process{{Pid: pid, Comm: k.Comm, AnonRSSKB: 1, PidInNS: pid}}
 	}
 	return fromCounter(c)
 }
@@ -226,6 +227,93 @@ func TestSystemOOMKillCountedAgainLater(t *testing.T) {
 			evs = run(m, counted(2*time.Second, counterKill(k, 4242)), counted(2*time.Second, counterKill(k, 0)))
 			if len(evs) != 2 || evs[0].Processes[0].Pid != 4242 || len(evs[1].Processes) != 0 || evs[1].Reason != event.CgroupOOM {
 				t.Fatalf("%+v", evs)
+			}
+		})
+	}
+}
+
+// The victim cgroup's counter, which the guard now hears move at once,
+// and the kernel log's record of a system OOM kill are one SystemOOM
+// event, never a CgroupOOM.
+func TestSystemOOMKillCountedAtOnce(t *testing.T) {
+	k := realKill(t)
+	global := k
+	global.Global, global.Memcg, global.OOMMemcg, global.Reason = true, false, "", "Out of memory"
+	for _, steps := range [][]step{
+		{logged(0, global), counted(50*time.Millisecond, counterKill(k, k.Pid))},
+		{counted(0, counterKill(k, k.Pid)), logged(time.Millisecond, global)},
+	} {
+		evs := run(newMatcherTest(Config{Scope: memRoot + k.TaskMemcg}), steps...)
+		if len(evs) != 1 || evs[0].Reason != event.SystemOOM || evs[0].Processes[0].Pid != k.Pid {
+			t.Fatalf("events %+v, want one SystemOOM", evs)
+		}
+	}
+}
+
+// groupKill is a kernel memory.oom.group kill of a container of three
+// processes as the kmsg parser gives it (the shape of its real sample
+// linux-mm-2019-oom-group-5.0): the first victim's line with the report's
+// cgroups, then one line per member of the group scan, which names the
+// group, not the member's own cgroup. And the counters' one fact of it,
+// naming the processes seen before and gone after (want: all three).
+func groupKill(named ...int) (ctr string, lines []kmsg.Kill, fact event.Event) {
+	const pod, group = "/kubepods/burstable/pod1", "/kubepods/burstable/pod1/ctr"
+	lines = []kmsg.Kill{
+		{Pid: 9188, Comm: "dd", Memcg: true, OOMMemcg: pod, TaskMemcg: group, AnonRSSKB: 10324, Enriched: true},
+		{Pid: 9182, Comm: "sh", Memcg: true, OOMMemcg: pod, GroupKill: true, OOMGroup: group, AnonRSSKB: 76},
+		{Pid: 9183, Comm: "worker", Memcg: true, OOMMemcg: pod, GroupKill: true, OOMGroup: group, AnonRSSKB: 6228},
+	}
+	c := event.CounterKill{OOMCgroup: memRoot + pod, ProcCgroup: memRoot + group, OOMGroup: memRoot + group}
+	for _, pid := range named {
+		c.Victims = append(c.Victims, event.Process{Pid: pid, Comm: "seen", Cgroup: memRoot + group})
+	}
+	return memRoot + group, lines, fromCounter(c)
+}
+
+// A kernel memory.oom.group kill is ONE event of the whole container,
+// whichever source speaks first, with each process's memory at death from
+// its line of the kernel log: also when a line comes after the event went
+// out (too late for its figures, not a kill of its own), when the
+// counters named none of its processes, and when the group scan prints a
+// thread of one of them (its own thread id: not a process).
+func TestGroupKillOneEvent(t *testing.T) {
+	ctr, lines, fact := groupKill(9188, 9182, 9183)
+	_, _, unnamed := groupKill()
+	thread := lines[2]
+	thread.Pid = 9184 // a thread of 9183: the same mm, the same figures
+	late := window - time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"counter first", []step{counted(0, fact), logged(1, lines[0]), logged(2, lines[1]), logged(3, lines[2])}},
+		{"kernel log first", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), counted(50*time.Millisecond, fact)}},
+		{"the counter between the lines", []step{logged(0, lines[0]), counted(late, fact), logged(late+1, lines[1]), logged(late+2, lines[2])}},
+		{"a line after the event went out", []step{counted(0, fact), logged(1, lines[0]), logged(2, lines[1]), logged(window+time.Millisecond, lines[2])}},
+		{"the counters named none", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), counted(late, unnamed)}},
+		{"a thread's line", []step{logged(0, lines[0]), logged(1, lines[1]), logged(2, lines[2]), logged(3, thread), counted(late, fact)}},
+		{"a thread's line, counter first", []step{counted(0, fact), logged(1, lines[0]), logged(2, lines[1]), logged(3, lines[2]), logged(4, thread)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			evs := run(newMatcherTest(Config{Scope: memRoot + "/kubepods"}), tc.steps...)
+			if len(evs) != 1 {
+				t.Fatalf("%d events, want one for the group: %+v", len(evs), evs)
+			}
+			ev := evs[0]
+			if ev.Reason != event.CgroupOOM || ev.OOMGroup != ctr || ev.ProcCgroup != ctr || ev.OOMCgroup != memRoot+"/kubepods/burstable/pod1" || len(ev.Processes) != 3 {
+				t.Fatalf("event %+v: want the group's three processes, the pod's limit", ev)
+			}
+			for _, k := range lines {
+				if strings.Contains(tc.name, "after the event") && k.Pid == lines[2].Pid {
+					continue
+				}
+				i := slices.IndexFunc(ev.Processes, func(p event.Process) bool { return p.Pid == k.Pid })
+				if i < 0 || ev.Processes[i].Comm != k.Comm || ev.Processes[i].AnonRSSKB != k.AnonRSSKB {
+					t.Errorf("pid %d: processes %+v, want its kernel-log figures", k.Pid, ev.Processes)
+				}
+			}
+			if ev.Killed != event.KilledField(ev.Processes) {
+				t.Errorf("killed %q", ev.Killed)
 			}
 		})
 	}

@@ -77,7 +77,7 @@ var container = memRoot + "/docker/" + cid
 
 func childKill(pidInNS int, cgroup string) event.CounterKill {
 	return event.CounterKill{ProcCgroup: cgroup, OOMCgroup: cgroup, Limit: 64 << 20,
-		Victim: &event.Process{Pid: 7936, Comm: "dd", PidInNS: pidInNS}}
+		Victims: []event.Process{{Pid: 7936, Comm: "dd", PidInNS: pidInNS}}}
 }
 
 // The seed-003 case: a container's child killed while the container runs
@@ -125,7 +125,7 @@ func TestKernelKillCountedOnce(t *testing.T) {
 	out, m := newCollector(), &counts{}
 	r := stageOnly(Config{Metrics: m, Scope: memRoot + k.TaskMemcg}, out)
 	c := counterKill(k, k.Pid)
-	r.take(input{counted: &event.CounterKill{ProcCgroup: c.ProcCgroup, OOMCgroup: c.OOMCgroup, Victim: &c.Processes[0]}}, t0)
+	r.take(input{counted: &event.CounterKill{ProcCgroup: c.ProcCgroup, OOMCgroup: c.OOMCgroup, Victims: c.Processes[:1]}}, t0)
 	r.take(input{kill: &k}, t0.Add(time.Millisecond))
 	r.outAll(r.match.expire(t0.Add(time.Hour)))
 	if got := m.reasons(); len(got) != 1 || got[0] != event.CgroupOOM {
@@ -253,4 +253,23 @@ type inspectorFunc func(ctx context.Context, id identity.ID) (identity.Info, err
 
 func (f inspectorFunc) Inspect(ctx context.Context, id identity.ID) (identity.Info, error) {
 	return f(ctx, id)
+}
+
+// A memory.oom.group kill of which the counters could name one process,
+// while the container's cgroup still lists the others (dying), is the
+// kernel's kill of the whole container, never a ContainerChildOOMKilled;
+// the message says so.
+func TestGroupKillIsNotAChildOOM(t *testing.T) {
+	out := newCollector()
+	r := stageOnly(Config{Procs: func(string) ([]int, error) { return []int{100}, nil }}, out)
+	k := childKill(17, container)
+	k.OOMGroup = container
+	r.out(fromCounter(k), nil)
+	evs := out.all()
+	if len(evs) != 1 || evs[0].Reason != event.CgroupOOM {
+		t.Fatalf("events %+v, want one CgroupOOM", evs)
+	}
+	if want := "memory.oom.group is set on " + container + ": the kernel killed all of it"; !strings.Contains(evs[0].Message, want) {
+		t.Fatalf("message %q, want %q", evs[0].Message, want)
+	}
 }
