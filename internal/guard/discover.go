@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"errors"
 	"path"
 	"strings"
 	"time"
@@ -118,6 +119,9 @@ func (g *Guard) add(rel string) {
 // baseline of 0 it would report as new every kill the kernel made before.
 func (g *Guard) readKnown(c *cg) {
 	n, err := g.mem.OOMKills(c.rel)
+	if errors.Is(err, cgroup.ErrNoOOMKillCounter) {
+		n, err = 0, nil // before 4.13: kills are counted from the OOM eventfd (kernelkill.go)
+	}
 	if err == nil {
 		var limit uint64
 		if limit, err = g.mem.Limit(c.rel); err == nil {
