@@ -301,7 +301,7 @@ func (g *Guard) triage(ready []int) (urgent, rest []int) {
 			rest = append(rest, fd)
 		case c.thw != nil && fd == c.thw.Fd():
 			h := uint64(0)
-			if usage, err := g.crossingUsage(c); err == nil {
+			if usage, err := g.peekUsage(c); err == nil {
 				h = sub(c.armedLimit, usage)
 			}
 			crossings = append(crossings, crossing{fd, h})
