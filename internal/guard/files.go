@@ -42,6 +42,13 @@ func (g *Guard) peekUsage(c *cg) (uint64, error) {
 	return g.mem.Usage(c.rel)
 }
 
+// crossed tells, for a watch that serves both thresholds, whether usage is
+// at the threshold: the crossing, not the early threshold's.
+func (g *Guard) crossed(c *cg) bool {
+	usage, err := g.usageOf(c)
+	return err != nil || usage >= c.threshold // an error is the look's to say
+}
+
 // limitOf reads c's limit, as usageOf its usage.
 func (g *Guard) limitOf(c *cg) (uint64, error) {
 	if c.files != nil {
