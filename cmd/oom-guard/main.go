@@ -287,9 +287,9 @@ func readKernelLog(path string, fromBoot bool, rec *reconcile.Reconciler) (stop 
 }
 
 // logFileLimit says how many files the guard may open: each guarded cgroup
-// takes three (its eventfds; three more while it is near its limit), and where they run out
-// the guard guards what it can and retries the rest. The Go runtime has
-// raised the soft limit to the hard one already.
+// takes two (its eventfds; three more while it is near its limit), and
+// where they run out the guard guards what it can and retries the rest.
+// The Go runtime has raised the soft limit to the hard one already.
 func logFileLimit() {
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
