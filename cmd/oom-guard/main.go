@@ -306,9 +306,9 @@ func nice(n int) {
 }
 
 // logFileLimit raises the soft RLIMIT_NOFILE to the hard limit and says
-// both: each guarded cgroup holds three files (its eventfds; three more while
-// it is near its limit), and where they run out the guard guards what it can and retries
-// the rest (oomguard_unguarded_cgroups). The Go runtime raises the soft
+// both: each guarded cgroup holds two files (v1: its eventfds; three more
+// while it is near its limit), and where they run out the guard guards
+// what it can and retries the rest (oomguard_unguarded_cgroups). The Go runtime raises the soft
 // limit at start already (and puts the original back for children); this
 // does it where it did not, and says so.
 func logFileLimit() {

@@ -37,14 +37,24 @@ func returnHeap(stop <-chan struct{}) (wait func()) {
 				return
 			case <-tick.C:
 			}
-			if held := heldByRuntime(); held > kept+heapSlack {
-				debug.FreeOSMemory()
-				kept = heldByRuntime()
-				klog.V(2).Infof("memory: the Go runtime held %.1f MiB; %.1f MiB after returning its free pages", float64(held)/(1<<20), float64(kept)/(1<<20))
-			}
+			kept = returnGrownHeap(kept)
 		}
 	}()
 	return func() { <-done }
+}
+
+// returnGrownHeap collects the garbage and gives the free pages back if
+// the runtime holds more than heapSlack beyond kept; it returns what the
+// runtime holds then.
+func returnGrownHeap(kept uint64) uint64 {
+	held := heldByRuntime()
+	if held <= kept+heapSlack {
+		return kept
+	}
+	debug.FreeOSMemory()
+	now := heldByRuntime()
+	klog.V(2).Infof("memory: the Go runtime held %.1f MiB; %.1f MiB after returning its free pages", float64(held)/(1<<20), float64(now)/(1<<20))
+	return now
 }
 
 // heldByRuntime is the memory the Go runtime holds from the kernel: all it

@@ -21,9 +21,10 @@ const (
 	// beside its watches (cgroup.Handle: usage, limit, memory.stat;
 	// files.go); one at rest keeps none.
 	filesPerGuard = 3
-	// fdsPerNew is a cgroup's fds assumed before any is guarded: three
-	// watches (v1: threshold, early threshold, OOM).
-	fdsPerNew = 3
+	// fdsPerNew is a cgroup's fds assumed before any is guarded: its
+	// watches (v1: one eventfd for both thresholds, one for the OOM
+	// notification; v2 has fewer).
+	fdsPerNew = 2
 )
 
 // countFds is the number of fds the process has open, read once at the

@@ -32,14 +32,21 @@ func (g *Guard) usageOf(c *cg) (uint64, error) {
 	return files.Usage()
 }
 
-// crossingUsage reads c's usage at a crossing of its threshold: through
-// its Files, opened now if they are not (the early threshold was crossed
-// in the same turn), for the look that follows reads them too.
-func (g *Guard) crossingUsage(c *cg) (uint64, error) {
-	if _, err := g.filesOf(c); err != nil {
-		return g.usageOf(c)
+// peekUsage reads c's usage, through its Files if they are open, and
+// opens none: the order of a batch of crossings is read before any is
+// served, and each cgroup's files are opened when it is (dispatch).
+func (g *Guard) peekUsage(c *cg) (uint64, error) {
+	if c.files != nil {
+		return c.files.Usage()
 	}
-	return c.files.Usage()
+	return g.mem.Usage(c.rel)
+}
+
+// crossed tells, for a watch that serves both thresholds, whether usage is
+// at the threshold: the crossing, not the early threshold's.
+func (g *Guard) crossed(c *cg) bool {
+	usage, err := g.usageOf(c)
+	return err != nil || usage >= c.threshold // an error is the look's to say
 }
 
 // limitOf reads c's limit, as usageOf its usage.

@@ -112,3 +112,21 @@ func TestRegistrationsQueueForAFewRegistrars(t *testing.T) {
 	}
 	t.Logf("at most %d goroutines more while %d cgroups were registered", most, n)
 }
+
+// A guarded cgroup at rest holds two eventfds: one for both of its
+// thresholds (v1 lets several events share one) and one for its OOM
+// notification.
+func TestTwoEventfdsAGuardedCgroup(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	const n = 20
+	for i := 0; i < n; i++ {
+		cg.Child(t, "c"+strconv.Itoa(i), 64<<20)
+	}
+	before := openFds(t)["anon_inode:[eventfd]"]
+	_, sink := startGuardHandle(t, cg, testConfig())
+	sink.waitGuardedN(t, n)
+	// The loop's own (its poller's wake-up) besides.
+	if got := openFds(t)["anon_inode:[eventfd]"] - before; got < 2*n || got > 2*n+2 {
+		t.Fatalf("%d eventfds more with %d cgroups guarded, want 2 each", got, n)
+	}
+}

@@ -369,7 +369,7 @@ func (g *Guard) triage(ready []int) (urgent, rest []int) {
 			rest = append(rest, fd)
 		case c.thw != nil && fd == c.thw.Fd():
 			h := uint64(0)
-			if usage, err := g.crossingUsage(c); err == nil {
+			if usage, err := g.peekUsage(c); err == nil {
 				h = sub(c.armedLimit, usage)
 			}
 			crossings = append(crossings, crossing{fd, h})
@@ -407,10 +407,18 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 		g.victimExited(c, notified)
 	case c.thw != nil && fd == c.thw.Fd():
 		_ = c.thw.Drain()
-		g.metrics.Crossing()
 		// The look reads them all: opened here where the early threshold,
 		// crossed in the same turn, has not (an error is the look's to say).
 		_, _ = g.filesOf(c)
+		if c.earlyw == nil && !g.crossed(c) {
+			// The early threshold, on the threshold's watch
+			// (SharedThresholds), or the threshold crossed downwards:
+			// the look ends the episode, or acts if usage rose since.
+			g.look(c, notified)
+			g.onEarly(c)
+			return
+		}
+		g.metrics.Crossing()
 		g.look(c, notified)
 	case c.earlyw != nil && fd == c.earlyw.Fd():
 		_ = c.earlyw.Drain()

@@ -23,6 +23,13 @@ type Notifier interface {
 	Sampler() notify.Sampler
 }
 
+// SharedThresholds is a Notifier that can register several thresholds on
+// one watch (v1: one eventfd): the guard then tells the crossing from the
+// early threshold's by the usage it reads, and a cgroup costs one fd less.
+type SharedThresholds interface {
+	Thresholds(rel string, bytes ...uint64) (notify.Watch, error)
+}
+
 // Hierarchy is the memory controller the loop guards: cgroup.Memory,
 // with the hot path's open files behind Files (see kernel.go).
 type Hierarchy interface {

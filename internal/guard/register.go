@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -143,21 +144,33 @@ func (g *Guard) registrar() {
 
 // makeWatches runs off the loop: the notifier only.
 func (g *Guard) makeWatches(r *registration) {
-	rel := r.c.rel
-	if r.thw, r.err = g.notifier.Threshold(rel, r.threshold); r.err != nil {
-		r.what = "register threshold"
-		return
-	}
-	if r.earlyw, r.err = g.notifier.Threshold(rel, r.early); r.err != nil {
-		r.what = "register early threshold"
+	if r.thw, r.earlyw, r.what, r.err = g.thresholdWatches(r.c.rel, r.threshold, r.early); r.err != nil {
 		return
 	}
 	if r.full {
-		if r.oomw, r.err = g.notifier.OOM(rel); r.err != nil {
+		if r.oomw, r.err = g.notifier.OOM(r.c.rel); r.err != nil {
 			r.what = "register OOM notification"
 			return
 		}
 	}
+}
+
+// thresholdWatches registers rel's threshold and early threshold: on one
+// watch where the notifier shares one (SharedThresholds; earlyw is nil
+// then, and dispatch tells the two apart), else one each. what names the
+// step that failed.
+func (g *Guard) thresholdWatches(rel string, threshold, early uint64) (thw, earlyw notify.Watch, what string, err error) {
+	if shared, ok := g.notifier.(SharedThresholds); ok {
+		thw, err = shared.Thresholds(rel, threshold, early)
+		return thw, nil, "register thresholds", err
+	}
+	if thw, err = g.notifier.Threshold(rel, threshold); err != nil {
+		return nil, nil, "register threshold", err
+	}
+	if earlyw, err = g.notifier.Threshold(rel, early); err != nil {
+		return thw, nil, "register early threshold", err
+	}
+	return thw, earlyw, "", nil
 }
 
 // installRegistered takes in every finished registration.
@@ -372,8 +385,9 @@ func (g *Guard) unguard(c *cg) {
 	g.restoreSoftLimit(c)
 }
 
-// watchFds adds ws to the epoll set, all or none.
+// watchFds adds ws to the epoll set, all or none; a nil one is none.
 func (g *Guard) watchFds(c *cg, ws ...notify.Watch) error {
+	ws = slices.DeleteFunc(ws, func(w notify.Watch) bool { return w == nil })
 	for i, w := range ws {
 		if err := g.poller.Add(w.Fd()); err != nil {
 			for _, added := range ws[:i] {

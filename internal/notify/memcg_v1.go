@@ -37,6 +37,26 @@ func V1Threshold(fs *cgroup.FS, rel string, bytes uint64) (*Eventfd, error) {
 	return registerV1(fs, rel, "memory.usage_in_bytes", fmt.Sprint(bytes))
 }
 
+// V1Thresholds fires when memory.usage_in_bytes of rel crosses any of
+// bytes, in either direction: one eventfd for them all. The kernel keeps
+// an event of its own for each registration, each waiting on the same
+// eventfd, and drops them all when the eventfd's last reference goes
+// (memcg_event_wake on EPOLLHUP), so one fd serves as well as one a
+// threshold: the reader tells which was crossed by the usage it reads.
+func V1Thresholds(fs *cgroup.FS, rel string, bytes ...uint64) (*Eventfd, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd for %s: %w", fs.Path(rel, "memory.usage_in_bytes"), err)
+	}
+	for _, b := range bytes {
+		if err := registerOn(fs, efd, rel, "memory.usage_in_bytes", fmt.Sprint(b)); err != nil {
+			unix.Close(efd)
+			return nil, err
+		}
+	}
+	return &Eventfd{fd: efd}, nil
+}
+
 // V1OOM fires when rel enters an OOM condition (memory.oom_control).
 func V1OOM(fs *cgroup.FS, rel string) (*Eventfd, error) {
 	return registerV1(fs, rel, "memory.oom_control", "")
@@ -47,23 +67,29 @@ func registerV1(fs *cgroup.FS, rel, file, arg string) (*Eventfd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventfd for %s: %w", fs.Path(rel, file), err)
 	}
-	target, err := fs.Open(rel, file)
-	if err != nil {
+	if err := registerOn(fs, efd, rel, file, arg); err != nil {
 		unix.Close(efd)
 		return nil, err
 	}
-	// The kernel takes what it needs from the target fd during the write;
-	// the event lives as long as the eventfd, so the target can be closed.
+	return &Eventfd{fd: efd}, nil
+}
+
+// registerOn registers eventfd efd for rel's file (with arg) through
+// cgroup.event_control.
+func registerOn(fs *cgroup.FS, efd int, rel, file, arg string) error {
+	target, err := fs.Open(rel, file)
+	if err != nil {
+		return err
+	}
+	// The kernel takes what it needs from the target fd during the write
+	// (memcg_write_event_control fdput()s it); the event lives as long as
+	// the eventfd, so the target can be closed.
 	defer target.Close()
 	line := fmt.Sprintf("%d %d", efd, target.Fd())
 	if arg != "" {
 		line += " " + arg
 	}
-	if err := fs.WriteFile(rel, "cgroup.event_control", line); err != nil {
-		unix.Close(efd)
-		return nil, err
-	}
-	return &Eventfd{fd: efd}, nil
+	return fs.WriteFile(rel, "cgroup.event_control", line)
 }
 
 // ErrNotSupported is returned where a mechanism is missing on this kernel.
@@ -74,6 +100,11 @@ type V1Notifier struct{ FS *cgroup.FS }
 
 func (n V1Notifier) Threshold(rel string, bytes uint64) (Watch, error) {
 	return asWatch(V1Threshold(n.FS, rel, bytes))
+}
+
+// Thresholds is Threshold for several thresholds on one eventfd.
+func (n V1Notifier) Thresholds(rel string, bytes ...uint64) (Watch, error) {
+	return asWatch(V1Thresholds(n.FS, rel, bytes...))
 }
 
 func (n V1Notifier) OOM(rel string) (Watch, error) { return asWatch(V1OOM(n.FS, rel)) }

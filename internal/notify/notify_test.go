@@ -92,6 +92,45 @@ func TestV1ThresholdAndOOMFire(t *testing.T) {
 	waitFor(t, p, oom.Fd(), 10*time.Second)
 }
 
+// Two thresholds registered on one eventfd both signal it: each crossing
+// by a real process wakes the same fd (the guard tells them apart by the
+// usage it reads), and none wakes it before.
+func TestV1ThresholdsShareOneEventfd(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	rel := cg.Child(t, "c", 128<<20)
+	p := newPoller(t)
+	both, err := notify.V1Thresholds(cg.Mem, rel, 16<<20, 48<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer both.Close()
+	if err := p.Add(both.Fd()); err != nil {
+		t.Fatal(err)
+	}
+	if ready, _, _ := p.Wait(50 * time.Millisecond); len(ready) != 0 {
+		t.Fatalf("ready before any allocation: %v", ready)
+	}
+	for i, crossing := range []uint64{16 << 20, 48 << 20} {
+		cg.Start(t, rel, testenv.HogCommand(testenv.HogSpec{MiB: 24, Hold: true}))
+		waitFor(t, p, both.Fd(), 10*time.Second)
+		usage, err := cg.Mem.ReadUint(rel, "memory.usage_in_bytes")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if usage < crossing {
+			t.Fatalf("crossing %d: woken at usage %d MiB, below %d MiB", i+1, usage>>20, crossing>>20)
+		}
+		if err := both.Drain(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // the hog's last pages
+		_ = both.Drain()
+	}
+	if ready, _, _ := p.Wait(50 * time.Millisecond); len(ready) != 0 {
+		t.Fatalf("ready with no threshold crossed since: %v", ready)
+	}
+}
+
 // Removing a cgroup signals its eventfds, so the guard learns of it even
 // without inotify.
 func TestV1EventfdFiresOnRemoval(t *testing.T) {
