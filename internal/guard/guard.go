@@ -327,9 +327,13 @@ func (g *Guard) serve(ready []int, notified time.Time) (woken bool) {
 // served. Nothing among them forgets a cgroup, so the work put off finds
 // its cgroup's files still open.
 func (g *Guard) serveUrgent(urgent []int, notified time.Time) {
+	outermost := !g.deferring // a preparation in the batch may serve more (yieldToCrossings)
 	g.deferring = true
 	for _, fd := range urgent {
 		g.dispatch(fd, notified)
+	}
+	if !outermost {
+		return
 	}
 	g.deferring = false
 	for _, f := range g.deferred {
