@@ -5,8 +5,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/event"
@@ -99,7 +99,7 @@ func respawnRow(h hierarchy, top string, d time.Duration, out io.Writer) error {
 		return err
 	}
 	time.Sleep(d)
-	alive := sup.Process.Signal(syscall.Signal(0)) == nil
+	alive := running(sup.Process.Pid)
 	_ = sup.Process.Kill()
 	_ = sup.Wait()
 	time.Sleep(100 * time.Millisecond)
@@ -227,4 +227,15 @@ func stormRow(h hierarchy, top string, n int, out io.Writer) error {
 		us(pct(col.react, 0.5)), us(pct(col.react, 0.99)), us(pct(col.react, 1)), all.Round(time.Millisecond))
 	fmt.Fprintf(os.Stderr, "%s storm: guard %d, kernel %d\n", h.version, len(col.kills), kernel)
 	return nil
+}
+
+// running tells whether pid runs: not gone and not a zombie (which
+// Signal(0) would take for alive).
+func running(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z' && stat[i+2] != 'X'
 }

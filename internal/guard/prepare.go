@@ -70,7 +70,13 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		c.seen = nil // a fresh look: forget processes seen in an earlier episode
 	}
 	c.remember(cands)
-	best, why := g.pick(cands, false)
+	// Nothing is prepared while a process of it is dying, whatever its
+	// score: one whose memory the kernel has already released
+	// (process_mrelease) scores next to nothing, and the process that
+	// would be prepared then, the top scorer left (the respawning
+	// workload's supervisor, measured), is not the one about to grow: the
+	// crossing chooses afresh (chooseVictim).
+	best, why := g.pick(cands, true)
 	if why != "" {
 		return
 	}

@@ -81,6 +81,9 @@ func respawnRound(t *testing.T) (float64, bool) {
 		}
 	}
 	t.Logf("20 s of respawning workers: guard kills %d, kernel kills %d (%d CgroupOOM events)", len(byGuard), kernel, len(cgroupOOMs))
+	if byKernel[sup.Process.Pid] > 0 {
+		t.Errorf("the kernel killed the supervisor")
+	}
 	for pid, n := range byGuard {
 		switch {
 		case n > 1:
