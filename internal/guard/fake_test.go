@@ -271,7 +271,7 @@ func (v *fakeVictim) Recheck() (kill.Now, error) {
 	if !ok || !p.alive {
 		return kill.Now{Gone: true}, nil
 	}
-	return kill.Now{Inside: true, Cgroup: p.Cgroup, Dying: p.Dying}, nil
+	return kill.Now{Inside: true, Cgroup: p.Cgroup, Dying: p.Dying, RSSKB: p.Status.RSSKB()}, nil
 }
 
 type fakeVictim struct {

@@ -98,6 +98,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	// before the signal (atKill): one prepared at the early threshold may
 	// have moved away or died since; one just chosen may have too.
 	for tries := 0; ; tries++ {
+		prepared := victim != nil
 		if victim == nil {
 			var why string
 			if victim, why = g.chooseVictim(c, limit); victim == nil {
@@ -105,7 +106,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 				return
 			}
 		}
-		ok, moved := g.atKill(c, victim)
+		ok, moved := g.atKill(c, victim, prepared)
 		if ok {
 			break
 		}
@@ -132,13 +133,21 @@ func (g *Guard) look(c *cg, notified time.Time) {
 // /proc files the victim's Target holds open (kill.Target.Recheck). Where the victim's cgroup cannot be told (a cgroup
 // namespace hiding it), the guard kills as before and says so once. moved:
 // not killed because it left c.
-func (g *Guard) atKill(c *cg, victim Victim) (ok, moved bool) {
+func (g *Guard) atKill(c *cg, victim Victim, prepared bool) (ok, moved bool) {
 	who := victim.Inspected()
 	now, err := victim.Recheck()
 	switch {
 	case now.Gone || now.Dying:
 		klog.V(2).Infof("cgroup %s: victim pid %d (%s) exited or is exiting: not killed", c.rel, who.Pid, who.Comm)
 		return false, false
+	case prepared && err == nil && now.RSSKB < who.Status.RSSKB()+grownKB:
+		// Chosen at the early threshold, it has not grown since: the
+		// growth that crossed the threshold is another's (a worker forked
+		// after the choice; measured: a respawning workload's supervisor
+		// killed in place of its new worker). The crossing chooses
+		// afresh, as the kernel would choose at the limit.
+		klog.V(3).Infof("cgroup %s: prepared victim pid %d (%s) has not grown since it was chosen: choosing again", c.rel, who.Pid, who.Comm)
+		return false, true
 	case err != nil:
 		if !g.scopeUnknown {
 			g.scopeUnknown = true
@@ -160,6 +169,12 @@ func (g *Guard) atKill(c *cg, victim Victim) (ok, moved bool) {
 	victim.SetCgroup(now.Cgroup)
 	return true, false
 }
+
+// grownKB is how much a prepared victim must have grown since its choice
+// to be taken for the process whose growth crossed the threshold: between
+// the early threshold and the threshold the grower grows by the gap
+// between them, megabytes.
+const grownKB = 256
 
 // nothingToKill: c is above its threshold and has no process the guard
 // may kill (v1 keeps the pages of a process that moved away charged to

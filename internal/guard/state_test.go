@@ -40,12 +40,18 @@ func TestStateMachine(t *testing.T) {
 	}{
 		{name: "kills the top scorer", killed: []int{bigPid}, reasons: []event.Reason{event.KillProcess}},
 		{name: "kills the victim prepared at the early threshold", early: true,
+			setup: func(k *fakeKernel, c *cg) { k.procs[bigPid].Status.RssAnonKB += 1 << 10 }, // it grew
 			after: func(t *testing.T, g *Guard, k *fakeKernel, c *cg) {
 				if c.prep != nil {
 					t.Error("the preparation outlived its kill")
 				}
 			},
 			killed: []int{bigPid}, reasons: []event.Reason{event.KillProcess}},
+		{name: "a prepared victim that has not grown is not killed: the one that grew is", early: true,
+			setup: func(k *fakeKernel, c *cg) {
+				k.procs[smallPid].Status.RssAnonKB, k.procs[smallPid].OOMScore = 80<<10, 80<<10
+			},
+			killed: []int{smallPid}, reasons: []event.Reason{event.KillProcess}},
 		{name: "never an exempt process",
 			setup:  func(k *fakeKernel, c *cg) { k.procs[bigPid].OOMScoreAdj = kill.OOMScoreAdjMin },
 			killed: []int{smallPid}, reasons: []event.Reason{event.KillProcess}},

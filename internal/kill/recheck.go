@@ -102,6 +102,7 @@ type Now struct {
 	Dying  bool   // SIGKILL pending, exiting or a zombie (see dying)
 	Inside bool   // its memory cgroup is under the killer's hierarchy root
 	Cgroup string // that cgroup, relative to the root, when Inside
+	RSSKB  uint64 // its resident set now (stat's field 24)
 }
 
 // place is what a Target keeps open to tell, at the kill, where its
@@ -119,6 +120,8 @@ type place struct {
 	prefixErr    error
 	unified      bool
 }
+
+var pageSizeKB = unix.Getpagesize() / 1024
 
 // noPlace is the place of a Target opened by Proc.Open alone: no cgroup
 // to check against.
@@ -185,6 +188,9 @@ func (t *Target) Recheck() (Now, error) {
 		return Now{Gone: true}, nil
 	}
 	now := Now{Dying: statDying(data) || statKillPending(data)}
+	if pages, ok := statUint(data, 24); ok {
+		now.RSSKB = pages * uint64(pageSizeKB)
+	}
 	if data, err = t.readPlace(t.place.cgroup, "cgroup", buf[:]); err != nil {
 		return Now{Gone: true}, nil
 	}
