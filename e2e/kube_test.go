@@ -442,17 +442,14 @@ func (e *env) startPod(t *testing.T, name, script string) *corev1.Pod {
 	return created
 }
 
-// waitPodEvent waits for the guard's Event on the pod with one of the
-// reasons, naming the container and the process comm, and checks what it
-// carries: the container as sub-object, the source, the seed's JSON.
-func (e *env) waitPodEvent(t *testing.T, pod *corev1.Pod, comm string, reasons ...event.Reason) *corev1.Event {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+// guardEventOn waits, until ctx ends, for the guard's Event on pod with one
+// of the reasons; the error lists the pod's events seen meanwhile. Both the
+// v1 and the v2 node's tests read their events through it.
+func guardEventOn(ctx context.Context, client *kubernetes.Clientset, pod *corev1.Pod, reasons ...event.Reason) (*corev1.Event, error) {
 	selector := fields.OneTermEqualSelector("involvedObject.uid", string(pod.UID)).String()
 	var found *corev1.Event
 	err := poll(ctx, func() error {
-		list, err := e.client.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: selector})
+		list, err := client.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: selector})
 		if err != nil {
 			return err
 		}
@@ -467,6 +464,17 @@ func (e *env) waitPodEvent(t *testing.T, pod *corev1.Pod, comm string, reasons .
 		}
 		return fmt.Errorf("no %v event on pod %s; its events: %q", reasons, pod.Name, seen)
 	})
+	return found, err
+}
+
+// waitPodEvent waits for the guard's Event on the pod with one of the
+// reasons, naming the container and the process comm, and checks what it
+// carries: the container as sub-object, the source, the seed's JSON.
+func (e *env) waitPodEvent(t *testing.T, pod *corev1.Pod, comm string, reasons ...event.Reason) *corev1.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	found, err := guardEventOn(ctx, e.client, pod, reasons...)
 	if err != nil {
 		logs, _ := e.cluster.Kubectl(context.Background(), nil, "-n", "kube-system", "logs", "ds/oom-guard")
 		t.Fatalf("%v\nthe guard's CPU throttling: %s\nthe guard's log:\n%s", err, e.guardThrottling(), logs)

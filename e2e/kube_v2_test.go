@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -677,24 +676,7 @@ func (e *v2env) waitPodEvent(t *testing.T, pod *corev1.Pod, comm string, reasons
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	selector := fields.OneTermEqualSelector("involvedObject.uid", string(pod.UID)).String()
-	var found *corev1.Event
-	err := poll(ctx, func() error {
-		list, err := e.client.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: selector})
-		if err != nil {
-			return err
-		}
-		var seen []string
-		for i := range list.Items {
-			ev := &list.Items[i]
-			seen = append(seen, ev.Reason+": "+ev.Message)
-			if ev.Source.Component == report.KubeComponent && slices.Contains(reasons, event.Reason(ev.Reason)) {
-				found = ev
-				return nil
-			}
-		}
-		return fmt.Errorf("no %v event on pod %s; its events: %q", reasons, pod.Name, seen)
-	})
+	found, err := guardEventOn(ctx, e.client, pod, reasons...)
 	if err != nil {
 		logs, _ := e.node.Kubectl(context.Background(), nil, "-n", "kube-system", "logs", "ds/oom-guard")
 		onNode, _ := e.node.Kubectl(context.Background(), nil, "get", "events", "-A", "--field-selector", "involvedObject.kind=Node")
