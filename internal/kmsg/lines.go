@@ -42,6 +42,13 @@ type Kill struct {
 	GroupKill bool
 	OOMGroup  string
 
+	// Listed: the report's task table lists Pid as a process, its tgid
+	// (the kill line named the process's thread that held its memory,
+	// Pid is the process). A group kill's members are all listed when
+	// the report has a table; without one a member's line cannot be told
+	// from the line of a thread of one already killed.
+	Listed bool
+
 	// SharedMM marks a process killed because it shared the victim's memory
 	// ("Kill process N (C) sharing same memory", kernels before 4.6).
 	SharedMM bool
@@ -341,6 +348,40 @@ func groupLine(text string) (path string, ok bool) {
 	}
 	path, ok = strings.CutSuffix(strings.TrimRight(rest, " "), txtGroupSet)
 	return path, ok && path != ""
+}
+
+// taskHeader reports whether text is the header of an OOM report's task
+// table: "[  pid  ]   uid  tgid total_vm      rss ..." (6.x), "[ pid ]   uid
+// tgid total_vm ..." (3.10 to 4.x); the first three columns never changed.
+func taskHeader(text string) bool {
+	f := strings.Fields(text)
+	return len(f) >= 5 && f[0] == "[" && f[1] == "pid" && f[2] == "]" && f[3] == "uid" && f[4] == "tgid"
+}
+
+// taskRow parses a row of the task table, "[  PID]   UID  TGID total_vm
+// ... name": PID is the task the kernel found holding the process's memory
+// (its leader, unless the leader has exited), TGID the process.
+func taskRow(text string) (pid, tgid int, ok bool) {
+	rest, ok := strings.CutPrefix(text, "[")
+	if !ok {
+		return 0, 0, false
+	}
+	pid, rest, ok = leadingPid(strings.TrimLeft(rest, " "))
+	if !ok || !strings.HasPrefix(rest, "]") {
+		return 0, 0, false
+	}
+	f := strings.Fields(rest[1:])
+	if len(f) < 4 { // uid, tgid, total_vm and more
+		return 0, 0, false
+	}
+	if _, err := strconv.ParseUint(f[0], 10, 32); err != nil {
+		return 0, 0, false
+	}
+	tgid, after, ok := leadingPid(f[1])
+	if !ok || after != "" {
+		return 0, 0, false
+	}
+	return pid, tgid, true
 }
 
 // exitingLine parses "REASON: OOM victim PID (COMM) is already exiting.

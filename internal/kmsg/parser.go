@@ -22,6 +22,10 @@ const (
 	// maxGroupPids bounds the duplicate filter of one group section.
 	maxGroupPids = 4096
 
+	// maxTaskRows bounds the task table kept of one report; a longer one
+	// (a system OOM on a large node) is not used (report.tasks).
+	maxTaskRows = 8192
+
 	// maxPartial bounds a line reassembled from fragments.
 	maxPartial = 16 << 10
 )
@@ -67,6 +71,21 @@ type report struct {
 	inGroup   bool
 	groupSeen time.Duration
 	groupPids map[int]struct{}
+
+	// tasks is the report's task table ("Tasks state"): the process (tgid)
+	// of each task it lists, by the task's pid and by the tgid. The group
+	// scan goes by process but can meet one twice (a member it signalled
+	// moves to its cgroup's dying tasks while the scan runs, and so did the
+	// victim, killed just before), printing it again under the pid of
+	// whichever thread still holds its memory: the table, printed before
+	// any kill, tells such a thread from a member. Nil when the report had
+	// none (dump_header is rate-limited; vm.oom_dump_tasks=0) or it was
+	// longer than maxTaskRows. Nothing else in the log tells them apart:
+	// a thread's line has its process's figures, and so have forked
+	// workers of one another (the 5.0 sample's a.out children).
+	tasks     map[int]int
+	inTable   bool // after the table's header, before the report's kill
+	tableRows int
 }
 
 // NewParser returns a Parser with no context.
@@ -137,6 +156,20 @@ func (p *Parser) line(r Record, text string) (Kill, bool) {
 	case strings.HasPrefix(text, txtReaper):
 		return Kill{}, false
 
+	case rep.inTable && strings.HasPrefix(text, "["):
+		if pid, tgid, ok := taskRow(text); ok {
+			p.taskRow(pid, tgid)
+		}
+
+	case strings.HasPrefix(text, "[") && taskHeader(text):
+		// After "invoked oom-killer", which began the report; one that
+		// has killed already is over.
+		if rep.killed || rep.tasks != nil {
+			p.newReport(r)
+		}
+		p.touch(r)
+		rep.tasks, rep.inTable, rep.tableRows = map[int]int{}, true, 0
+
 	case strings.HasPrefix(text, txtSummary):
 		s, ok := parseSummary(text)
 		if !ok {
@@ -146,6 +179,7 @@ func (p *Parser) line(r Record, text string) (Kill, bool) {
 			p.newReport(r)
 		}
 		p.touch(r)
+		rep.inTable = false
 		rep.sum, rep.hasSummary = s, true
 		rep.chosen, rep.waiting = s.pid, true
 
@@ -203,13 +237,17 @@ func (p *Parser) line(r Record, text string) (Kill, bool) {
 		if !ok {
 			return Kill{}, false
 		}
-		if rep.inGroup {
-			if _, dup := rep.groupPids[k.Pid]; dup {
-				// The group scan meets the victim (or a thread of a
-				// member) again: one SIGKILL, one Kill.
-				rep.groupSeen = r.Monotonic
-				return Kill{}, false
-			}
+		rep.inTable = false
+		// The table names the process of a thread it lists.
+		tgid, listed := rep.tasks[k.Pid]
+		if listed {
+			k.Pid, k.Listed = tgid, true
+		}
+		if rep.inGroup && p.seenInGroup(&k, listed) {
+			// The group scan meets the victim or a member again: one
+			// SIGKILL, one Kill.
+			rep.groupSeen = r.Monotonic
+			return Kill{}, false
 		}
 		switch {
 		case rep.valid && rep.waiting && k.Pid == rep.chosen:
@@ -252,6 +290,36 @@ func (p *Parser) fits(memcg, global bool) bool {
 	ctxMemcg := rep.hasTaskIn || rep.hasSummary && rep.sum.memcg
 	ctxGlobal := rep.hasSummary && rep.sum.global
 	return !(memcg && ctxGlobal || global && ctxMemcg)
+}
+
+// taskRow adds a row of the report's task table; past maxTaskRows the
+// table is dropped: an incomplete one cannot tell that a pid is no member.
+func (p *Parser) taskRow(pid, tgid int) {
+	rep := &p.rep
+	if rep.tasks == nil {
+		return // dropped already
+	}
+	if rep.tableRows++; rep.tableRows > maxTaskRows {
+		rep.tasks, rep.inTable = nil, false
+		return
+	}
+	rep.tasks[pid], rep.tasks[tgid] = tgid, tgid
+}
+
+// seenInGroup tells whether a kill line of the group scan is of a process
+// already killed in it (k.Pid is the table's process, if listed): the same
+// pid again, or, with the report's task table, a pid it does not list:
+// a thread's (the table lists processes, by the thread holding the
+// memory when it was printed), or a process forked after it, while the
+// kernel held the OOM lock and the cgroup was at its limit, which is
+// taken as never happening. Without the table a new pid is a Kill, that
+// Listed false leaves to the counters to place (reconcile).
+func (p *Parser) seenInGroup(k *Kill, listed bool) bool {
+	rep := &p.rep
+	if _, dup := rep.groupPids[k.Pid]; dup {
+		return true
+	}
+	return rep.tasks != nil && !listed
 }
 
 func (p *Parser) newReport(r Record) {

@@ -43,10 +43,22 @@ type waiting struct {
 	ev    event.Event // a counter kill
 	kill  kmsg.Kill   // a kernel-log kill
 	until time.Time
-	// listed: the counters named the group kill's processes, which are
-	// then all it took (mergeGroup).
+	// listed: the counters named the group kill's processes (mergeGroup).
 	listed bool
+	// last bounds how long a group kill waits (groupHold).
+	last time.Time
 }
+
+// groupHold bounds, in windows from the first source's news of it, how
+// long a memory.oom.group kill waits for the other source. Its kernel-log
+// lines wait for the counters all of it: the guard reports a group kill
+// once its count has settled, after its last check following the last
+// count move, which on a starved node comes long after the lines (360 ms
+// after the victim's line, seen in the v2 VM under load: the lines had
+// gone out alone, a second event). The counted kill waits a window for
+// its lines, and a window more after each that comes (a slow console
+// prints a line every few milliseconds; a large group's take longer).
+const groupHold = 10
 
 func newMatcher(cfg Config) *matcher {
 	return &matcher{cfg: cfg, globalKills: map[string][]int{}}
@@ -59,17 +71,18 @@ func (m *matcher) counted(ev event.Event, now time.Time) []event.Event {
 		// One kill of a whole group, of which the kernel log prints one
 		// line per process: it takes in every line of it that came, and
 		// waits out its window for the rest.
-		listed := len(ev.Processes) > 0
+		w := waiting{ev: ev, until: now.Add(m.cfg.Window), listed: len(ev.Processes) > 0, last: now.Add(groupHold * m.cfg.Window)}
 		keep := m.waitingKills[:0]
-		for _, w := range m.waitingKills {
-			if m.inGroup(&ev, &w.kill) {
-				ev = m.mergeGroup(ev, w.kill, listed)
+		for _, k := range m.waitingKills {
+			if m.inGroup(&w.ev, &k.kill) {
+				w.ev = m.mergeGroup(w.ev, k.kill, w.listed)
+				w.last = minTime(w.last, maxTime(k.last, w.until))
 			} else {
-				keep = append(keep, w)
+				keep = append(keep, k)
 			}
 		}
 		m.waitingKills = keep
-		m.waitingEvents = append(m.waitingEvents, waiting{ev: ev, until: now.Add(m.cfg.Window), listed: listed})
+		m.waitingEvents = append(m.waitingEvents, w)
 		return nil
 	}
 	for i, w := range m.waitingKills {
@@ -95,6 +108,7 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 	for i := range m.waitingEvents {
 		if w := &m.waitingEvents[i]; w.ev.OOMGroup != "" && m.inGroup(&w.ev, &k) {
 			w.ev = m.mergeGroup(w.ev, k, w.listed)
+			w.extend(now, m.cfg.Window)
 			return nil
 		}
 	}
@@ -110,8 +124,53 @@ func (m *matcher) kernel(k kmsg.Kill, now time.Time) []event.Event {
 			return []event.Event{m.merge(w.ev, k)}
 		}
 	}
-	m.waitingKills = append(m.waitingKills, waiting{kill: k, until: now.Add(m.cfg.Window)})
+	w := waiting{kill: k, until: now.Add(m.cfg.Window), last: now.Add(groupHold * m.cfg.Window)}
+	if k.GroupKill {
+		// A member's line: it, and the lines of its group before it (the
+		// victim's first), wait for the counters up to the hold.
+		for i := range m.waitingKills {
+			if o := &m.waitingKills[i]; m.sameGroupKill(&o.kill, &k) {
+				w.last = minTime(w.last, o.last)
+				o.until = maxTime(o.until, o.last)
+			}
+		}
+		w.until = w.last
+	}
+	m.waitingKills = append(m.waitingKills, w)
 	return nil
+}
+
+// extend gives a counted group kill one more window for its lines, up to
+// its last.
+func (w *waiting) extend(now time.Time, window time.Duration) {
+	w.until = maxTime(w.until, minTime(now.Add(window), w.last))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// sameGroupKill tells whether a waiting kernel-log kill is of the
+// memory.oom.group kill that member k was killed in: another member, or
+// the victim, printed with its own cgroup, in the group.
+func (m *matcher) sameGroupKill(o, k *kmsg.Kill) bool {
+	if o.Global || k.OOMGroup == "" {
+		return false
+	}
+	if o.OOMGroup != "" {
+		return o.OOMGroup == k.OOMGroup
+	}
+	return o.TaskMemcg != "" && inScope(m.abs(k.OOMGroup), m.abs(o.TaskMemcg))
 }
 
 // expire gives out, with what their own source gave, the kills whose match
@@ -233,19 +292,21 @@ func (m *matcher) inGroup(ev *event.Event, k *kmsg.Kill) bool {
 
 // mergeGroup completes a group kill with one of its kernel-log lines: the
 // memory at death of the process it names, and which limit was hit. A
-// pid the counters did not name is a process of its own only when they
-// named none (listed false): else it is a thread of one they named (the
-// group scan signals, counts and prints every thread it meets, by its
-// thread id, as the v2 VM showed for a Go process), or a process born
-// after the guard looked.
+// pid the counters did not name is a process they did not see (gone
+// before the guard looked: an idle member dies at once) when the report's
+// task table lists it (k.Listed; the parser dropped the lines of threads,
+// the scan's second meeting with a member it signalled). Without the
+// table, it is a process only when the counters named none (listed
+// false): else it is taken for a thread of one they named, or a process
+// born after the guard looked.
 func (m *matcher) mergeGroup(ev event.Event, k kmsg.Kill, listed bool) event.Event {
 	if k.OOMMemcg != "" {
 		ev.OOMCgroup = m.abs(k.OOMMemcg)
 	}
 	ev.Processes = slices.Clone(ev.Processes)
 	i := slices.IndexFunc(ev.Processes, func(p event.Process) bool { return p.Pid == k.Pid })
-	if i < 0 && listed {
-		klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in the memory.oom.group kill of %s, not among its processes: one of their threads", k.Pid, k.Comm, ev.OOMGroup)
+	if i < 0 && listed && !k.Listed {
+		klog.V(3).Infof("kernel log: OOM kill of pid %d (%s) in the memory.oom.group kill of %s, not among its processes and no task table: taken for one of their threads", k.Pid, k.Comm, ev.OOMGroup)
 		return ev
 	}
 	if i < 0 {
