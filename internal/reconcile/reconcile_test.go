@@ -12,25 +12,34 @@ import (
 	"github.com/oom-guard/oom-guard/internal/kmsg"
 )
 
-// realKill is the kill this project's own test machine logged (kmsg's
-// testdata): the kernel's own words, not a made-up record.
-func realKill(t *testing.T) kmsg.Kill {
+// sampleRecords are the records of one of kmsg's raw /dev/kmsg samples
+// (testdata): the kernel's own words, not made-up records.
+func sampleRecords(t *testing.T, name string) []kmsg.Record {
 	t.Helper()
-	f, err := os.Open("../kmsg/testdata/self-linux-6.18-cgroup-v1.kmsg")
+	f, err := os.Open("../kmsg/testdata/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	p := kmsg.NewParser()
+	var recs []kmsg.Record
 	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		if strings.HasPrefix(sc.Text(), "#") {
 			continue
 		}
-		r, err := kmsg.ParseRecord(sc.Bytes())
-		if err != nil {
-			continue
+		if r, err := kmsg.ParseRecord(sc.Bytes()); err == nil {
+			recs = append(recs, r)
 		}
+	}
+	return recs
+}
+
+// realKill is the kill this project's own test machine logged.
+func realKill(t *testing.T) kmsg.Kill {
+	t.Helper()
+	p := kmsg.NewParser()
+	for _, r := range sampleRecords(t, "self-linux-6.18-cgroup-v1.kmsg") {
 		if k, ok := p.Feed(r); ok {
 			return k
 		}
@@ -328,20 +337,9 @@ func TestGroupKillOneEvent(t *testing.T) {
 // 109 (102's): the report's task table tells they are threads.
 func vmGroupKill(t *testing.T) (group string, at []time.Duration, kills []kmsg.Kill, killed []int) {
 	t.Helper()
-	f, err := os.Open("../kmsg/testdata/self-linux-6.1-cgroup-v2-oom-group.kmsg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	p := kmsg.NewParser()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	reports := 0
-	for sc.Scan() {
-		r, err := kmsg.ParseRecord(sc.Bytes())
-		if err != nil || strings.HasPrefix(sc.Text(), "#") {
-			continue
-		}
+	for _, r := range sampleRecords(t, "self-linux-6.1-cgroup-v2-oom-group.kmsg") {
 		if strings.Contains(r.Text, "invoked oom-killer") {
 			if reports++; reports > 1 {
 				break
