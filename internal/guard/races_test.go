@@ -232,7 +232,7 @@ func TestStormOfCrossings(t *testing.T) {
 // the process the kernel would kill now, the one still growing, is.
 func TestVictimLeavesBeforeTheKill(t *testing.T) {
 	cfg := testConfig()
-	early, threshold := cfg.EarlyThreshold(64<<20), cfg.Threshold(64<<20)
+	early, threshold := onV1(cfg).EarlyThreshold(64<<20), onV1(cfg).Threshold(64<<20)
 	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
 	for try := 1; ; try++ {
 		cg := testenv.NewCgroup(t)
@@ -415,7 +415,7 @@ func TestStuckCgroupDoesNotSpin(t *testing.T) {
 	}
 	u, _ = mem.Usage(rel)
 	limit := (u + 512<<10) &^ 4095
-	if got := testConfig().Threshold(limit); got > u {
+	if got := onV1(testConfig()).Threshold(limit); got > u {
 		t.Fatalf("threshold %d above usage %d", got, u)
 	}
 	idle := cpuPercent(3 * time.Second) // this process with the guard, before: the baseline
@@ -520,7 +520,7 @@ func TestRestartRestoresOperatorsSoftLimit(t *testing.T) {
 	cfg := testConfig()
 	cfg.OpenSoftLimit = true
 	for rel := range want {
-		if got := soft(rel); got != pageFloor(cfg.Threshold(128<<20)) {
+		if got := soft(rel); got != pageFloor(onV1(cfg).Threshold(128<<20)) {
 			t.Fatalf("%s: soft limit %d under the first guard, want its threshold", rel, got)
 		}
 	}
