@@ -120,12 +120,12 @@ func gatedHog(h hierarchy, rel string) (*exec.Cmd, *os.File, error) {
 func listen(p *notify.Poller, usageFds map[int]int, gates []*os.File, threshold uint64) ([]uint64, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	param := struct{ priority int32 }{1}
+	param := struct{ priority int32 }{2} // as the guard's loop: above its other threads
 	if _, _, errno := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, unix.SCHED_FIFO, uintptr(unsafe.Pointer(&param))); errno != 0 {
 		return nil, fmt.Errorf("SCHED_FIFO for the listener: %w", errno)
 	}
 	defer func() {
-		param.priority = 0
+		param.priority = 0 // back to the process's SCHED_RR would need its priority: normal is safe
 		_, _, _ = unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, unix.SCHED_NORMAL, uintptr(unsafe.Pointer(&param)))
 	}()
 	for _, g := range gates {
