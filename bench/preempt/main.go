@@ -44,6 +44,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 	"github.com/oom-guard/oom-guard/internal/testenv/vm"
 )
@@ -60,6 +61,7 @@ type config struct {
 	EventRuns  int           // kernel OOM kills for the kill-to-event latency; 0 skips it
 	Respawn    time.Duration // v1: the respawning workload's duration; 0 skips it
 	Storm      int           // v1: cgroups in the storm; 0 skips it
+	Lag        int           // v1: cgroups whose threshold notification lag is measured (lag.go); 0 skips it
 	ResetStall int           // v1: known cgroups for the loop's stall during inotify resets (stall.go); 0 skips it
 	StallRuns  int           // v1: races per limit started during resets
 	Startup    []int         // limited cgroups to time the start over (startup.go)
@@ -89,6 +91,7 @@ func main() {
 	flag.IntVar(&v1.EventRuns, "event-runs", 20, "kernel OOM kills for the kill-to-event latency (0 skips it)")
 	flag.DurationVar(&v1.Respawn, "respawn", 20*time.Second, "v1: how long the respawning workload runs (0 skips it)")
 	flag.IntVar(&v1.Storm, "storm", 100, "v1: cgroups crossing at once in the storm (0 skips it)")
+	flag.IntVar(&v1.Lag, "lag", 100, "v1: cgroups crossing at once whose threshold notification lag is measured, nobody killing (0 skips it)")
 	flag.IntVar(&v1.ResetStall, "reset-stall", 0, "v1: known cgroups (one in ten limited) for the loop's longest stall during inotify resets, and races run during resets (0 skips it)")
 	flag.IntVar(&v1.StallRuns, "reset-stall-runs", 20, "v1: races per limit (64 MiB, 1 GiB) started during inotify resets")
 	startup := flag.String("startup", "", "limited cgroups to time the guard's start over, e.g. 1000,3000 (empty skips it)")
@@ -129,13 +132,20 @@ func main() {
 	v1.Startup, v1.StartupBy = ints(*startup), ints(*startupBy)
 	v2 = v1
 	v2.Runs, v2.Limits, v2.Mechanisms, v2.IdleV1 = *v2Runs, ints(*v2Limits), strings.Split(*v2Mechs, ","), idleSpec{}
-	v2.Respawn, v2.Storm, v2.ResetStall, v2.Startup = 0, 0, 0, nil
+	v2.Respawn, v2.Storm, v2.Lag, v2.ResetStall, v2.Startup = 0, 0, 0, 0, nil
 	failed := false
 	if *doV1 {
+		// As the binary does (--rt-others); back to normal before the VM
+		// starts, which would inherit it. The workloads reset themselves
+		// (testenv).
+		if err := guard.RealtimeProcess(1); err != nil {
+			fmt.Fprintln(os.Stderr, "preempt:", err)
+		}
 		if err := run(v1Hierarchy, v1, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "preempt v1:", err)
 			failed = true
 		}
+		_ = guard.RealtimeProcess(0)
 	}
 	if *doV2 {
 		if err := runInVM(v2, *v2Timeout, os.Stdout); err != nil {
@@ -305,6 +315,11 @@ func run(h hierarchy, c config, out io.Writer) error {
 			return err
 		}
 	}
+	if c.Lag > 0 {
+		if err := lagRow(h, top, c.Lag, out); err != nil {
+			return err
+		}
+	}
 	if len(c.Startup) > 0 {
 		if err := startupRows(h, top, c.Startup, c.StartupBy, out); err != nil {
 			return err
@@ -452,8 +467,12 @@ func pct(d []time.Duration, p float64) time.Duration {
 }
 
 func printTable(out io.Writer, h hierarchy, rows []row, cfg guard.Config, floor string) {
-	fmt.Fprintf(out, "\nPreemption on cgroup %s (%s), margins: ratio %.2f, min %d MiB, max %d MiB, policy process%s\n\n",
-		h.version, kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, cfg.MaxMargin>>20, floor)
+	lag := ""
+	if h.version == "v1" { // as guard.New sets it from the notifier
+		lag = fmt.Sprintf(" + %.1f MiB the kernel may signal late", float64(notify.V1Notifier{}.ThresholdLag())/(1<<20))
+	}
+	fmt.Fprintf(out, "\nPreemption on cgroup %s (%s), margins: ratio %.2f, min %d MiB%s, max %d MiB, policy process%s\n\n",
+		h.version, kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, lag, cfg.MaxMargin>>20, floor)
 	fmt.Fprintln(out, "| mechanism | limit | threads | runs | guard kills | kernel kills | preemption | reaction p50 | reaction p99 | reaction max | overshoot p50 | overshoot max |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	surface := ""

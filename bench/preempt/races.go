@@ -165,21 +165,11 @@ func stormRow(h hierarchy, top string, n int, out io.Writer) error {
 		}
 	}()
 	for _, rel := range rels {
-		r, w, err := os.Pipe()
+		c, gate, err := gatedHog(h, rel)
 		if err != nil {
 			return err
 		}
-		c := testenv.HogCommand(testenv.HogSpec{MiB: 0})
-		c.ExtraFiles = []*os.File{r}
-		if err := c.Start(); err != nil {
-			return err
-		}
-		r.Close()
-		hogs = append(hogs, c)
-		gates = append(gates, w)
-		if err := h.mount.AddProc(rel, c.Process.Pid); err != nil {
-			return err
-		}
+		hogs, gates = append(hogs, c), append(gates, gate)
 	}
 	start := time.Now()
 	for _, w := range gates {

@@ -15,8 +15,8 @@ import (
 
 const (
 	sleepFor = 200 * time.Microsecond
-	// probePriority is above the guard loop's default (--rt-priority 1).
-	probePriority = 2
+	// probePriority is above the guard loop's default (--rt-priority 2).
+	probePriority = 3
 )
 
 var neighbours = []string{"none", "spin", "touch"}

@@ -15,6 +15,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/guard"
 	"github.com/oom-guard/oom-guard/internal/identity"
+	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/report"
 )
 
@@ -26,8 +27,12 @@ type options struct {
 	webhookURL string
 	webhook    *report.WebhookTarget
 	guard      guard.Config
-	nice       int           // of every thread of the guard but its loop (NiceProcess)
-	klogFlags  *flag.FlagSet // klog's, parsed (asynclog.Klog)
+	nice       int // of every thread of the guard but its loop (NiceProcess)
+	rtOthers   int // SCHED_RR priority of the same threads (RealtimeProcess); 0: none
+	// chargingCPUs: CPUs taken to charge one v1 cgroup at once
+	// (notify.V1ThresholdLag).
+	chargingCPUs int
+	klogFlags    *flag.FlagSet // klog's, parsed (asynclog.Klog)
 
 	kmsgPath     string   // the kernel log; "" reads none
 	kmsgFromBoot bool     // start at the oldest record, not at the end
@@ -90,6 +95,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.kubeEvents, "kube-events", "auto", "write a Kubernetes Event per event, on the pod or else the node: auto (when in a pod or given --kubeconfig), on (required), off")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for the Kubernetes Events; default: the pod's service account")
 	fs.IntVar(&o.guard.RealtimePriority, "rt-priority", def.RealtimePriority, "SCHED_FIFO priority of the guard's decision loop, so a busy node cannot delay it (0: normal scheduling)")
+	fs.IntVar(&o.rtOthers, "rt-others", 1, "SCHED_RR priority of the guard's other threads, below --rt-priority: the Go runtime's pauses and hand-overs, which hold the loop too, then never wait for a busy node's processes (0, or --rt-priority=0: normal scheduling at --nice)")
+	fs.IntVar(&o.chargingCPUs, "v1-charging-cpus", notify.DefaultChargingCPUs, "cgroup v1: CPUs taken to charge one cgroup at once; the kernel checks thresholds only every 128 pages charged on a CPU, so every margin is at least --min-margin plus 768 KiB per such CPU")
 	fs.IntVar(&o.nice, "nice", -20, "nice value of the guard's other threads, so that the Go runtime's pauses (which stop the loop too) end at once on a busy node (0: leave it)")
 
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +114,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	p, err := guard.ParsePolicy(policy)
 	if err != nil {
 		return nil, errUsage{err}
+	}
+	if o.chargingCPUs < 1 || o.chargingCPUs > 1024 {
+		return nil, usageErr("--v1-charging-cpus must be in 1..1024, got %d", o.chargingCPUs)
+	}
+	if o.guard.RealtimePriority == 0 {
+		o.rtOthers = 0 // never above the loop
+	}
+	if o.rtOthers < 0 || o.rtOthers > 0 && o.rtOthers >= o.guard.RealtimePriority {
+		return nil, usageErr("--rt-others must be 0, or from 1 to below --rt-priority (%d), got %d", o.guard.RealtimePriority, o.rtOthers)
 	}
 	if err := guard.ValidNice(o.nice); err != nil {
 		return nil, usageErr("--nice: %v", err)

@@ -64,6 +64,7 @@ func run(args []string, stderr io.Writer) int {
 func serve(o *options, mem cgroup.Memory) error {
 	logFileLimit()
 	nice(o.nice)
+	realtime(o.rtOthers)
 	metrics := report.NewMetrics()
 	reportKernel(mem, metrics)
 	sinks := []report.Sink{report.NewLog()}
@@ -80,7 +81,7 @@ func serve(o *options, mem cgroup.Memory) error {
 		sinks = append(sinks, kubeEvents)
 	}
 	rt := newRuntimes(o)
-	notifier, killer, err := kernelParts(mem, rt.stoppers, o.runtimeTimeout)
+	notifier, killer, err := kernelParts(mem, o.chargingCPUs, rt.stoppers, o.runtimeTimeout)
 	if err != nil {
 		return err
 	}
@@ -154,7 +155,7 @@ func reportKernel(mem cgroup.Memory, metrics *report.Metrics) {
 }
 
 // kernelParts picks the notification and kill mechanisms for the hierarchy.
-func kernelParts(mem cgroup.Memory, stoppers []identity.Stopper, timeout time.Duration) (guard.Notifier, kill.ViaRuntime, error) {
+func kernelParts(mem cgroup.Memory, chargingCPUs int, stoppers []identity.Stopper, timeout time.Duration) (guard.Notifier, kill.ViaRuntime, error) {
 	switch mem.Version() {
 	case cgroup.VersionV1:
 		freezer, err := cgroup.V1Sibling(mem.FS().Root, "freezer")
@@ -163,7 +164,10 @@ func kernelParts(mem cgroup.Memory, stoppers []identity.Stopper, timeout time.Du
 			freezer = nil
 		}
 		k := kill.Killer{Mem: mem.FS(), Freezer: freezer, Self: os.Getpid()}
-		return notify.V1Notifier{FS: mem.FS()}, kill.ViaRuntime{Killer: k, Stoppers: stoppers, Timeout: timeout}, nil
+		n := notify.V1Notifier{FS: mem.FS(), ChargingCPUs: chargingCPUs}
+		klog.Infof("cgroup v1 on %s: margins at least --min-margin plus %s, how late the kernel may signal a threshold with %d CPUs charging a cgroup (--v1-charging-cpus)",
+			mem.FS().Root, fmt.Sprintf("%.2fMiB", float64(n.ThresholdLag())/(1<<20)), chargingCPUs)
+		return n, kill.ViaRuntime{Killer: k, Stoppers: stoppers, Timeout: timeout}, nil
 	case cgroup.VersionV2:
 		// v2 has no usage thresholds: the notifier samples memory.current
 		// on a schedule fitted to how fast this machine can fill memory
@@ -303,6 +307,21 @@ func nice(n int) {
 		return
 	}
 	klog.V(1).Infof("threads at nice %d", n)
+}
+
+// realtime puts every thread of the guard under SCHED_RR at prio
+// (guard.RealtimeProcess says why); the loop's own thread then takes
+// SCHED_FIFO above it. Refused (no CAP_SYS_NICE, or a container's cgroup
+// without a real-time budget), the threads keep their nice value.
+func realtime(prio int) {
+	if prio == 0 {
+		return
+	}
+	if err := guard.RealtimeProcess(prio); err != nil {
+		klog.Warningf("SCHED_RR %d for the guard's threads: %v; they run at their nice value, and on a busy node the Go runtime may hold the loop for milliseconds", prio, err)
+		return
+	}
+	klog.V(1).Infof("threads at SCHED_RR %d", prio)
 }
 
 // logFileLimit raises the soft RLIMIT_NOFILE to the hard limit and says

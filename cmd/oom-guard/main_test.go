@@ -27,6 +27,7 @@ import (
 	"github.com/oom-guard/oom-guard/internal/cgroup"
 	"github.com/oom-guard/oom-guard/internal/event"
 	"github.com/oom-guard/oom-guard/internal/guard"
+	"github.com/oom-guard/oom-guard/internal/notify"
 	"github.com/oom-guard/oom-guard/internal/reconcile"
 	"github.com/oom-guard/oom-guard/internal/testenv"
 )
@@ -93,6 +94,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{[]string{"--policy=reboot"}, "unknown policy"},
 		{[]string{"--nice=-21"}, "nice"},
 		{[]string{"--nice=20"}, "nice"},
+		{[]string{"--v1-charging-cpus=0"}, "v1-charging-cpus"},
+		{[]string{"--v1-charging-cpus=-3"}, "v1-charging-cpus"},
 		{[]string{"--policy="}, "unknown policy"},
 		{[]string{"--webhook-url=ftp://host/x"}, "webhook-url"},
 		{[]string{"--webhook-url=http://"}, "webhook-url"},
@@ -103,6 +106,9 @@ func TestBadFlagsExit2(t *testing.T) {
 		{[]string{"--guard-ms=-5"}, "guard-ms"},
 		{[]string{"--port=70000"}, "port"},
 		{[]string{"--rt-priority=100"}, "real-time priority"},
+		{[]string{"--rt-others=2"}, "rt-others"}, // not below the loop's default 2
+		{[]string{"--rt-priority=5", "--rt-others=7"}, "rt-others"},
+		{[]string{"--rt-others=-1"}, "rt-others"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "unexpected argument"},
 		{[]string{"--root=" + notCgroup}, "not a cgroup"},
@@ -289,6 +295,7 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 		"--webhook-url="+srv.URL+"/message", "--v=2", "--logtostderr")
 
 	cfg := guard.DefaultConfig()
+	cfg.ThresholdLag = notify.V1Notifier{}.ThresholdLag() // the binary's v1 margins
 	cfg.MinMargin, cfg.MaxMargin = 16<<20, 30<<20
 	// The kernel rounds a soft limit down to whole pages.
 	page := uint64(os.Getpagesize())
@@ -330,6 +337,9 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 	}
 	if n := fifoThreads(t, d.cmd.Process.Pid); n != 1 {
 		t.Errorf("%d threads under SCHED_FIFO, want the decision loop's alone (--rt-priority)", n)
+	}
+	if all, n := threadCount(t, d.cmd.Process.Pid), rrThreads(t, d.cmd.Process.Pid); n != all-1 {
+		t.Errorf("%d of %d threads under SCHED_RR, want all but the loop (--rt-others)", n, all)
 	}
 	if all, n := threadCount(t, d.cmd.Process.Pid), niceThreads(t, d.cmd.Process.Pid, -20); n != all {
 		t.Errorf("%d of %d threads at nice -20 (--nice's default)", n, all)
@@ -584,6 +594,9 @@ func atoi(s string) int {
 // 41 of /proc/PID/task/TID/stat, is 1).
 func fifoThreads(t *testing.T, pid int) int { return threadsWith(t, pid, 41, "1") }
 
+// rrThreads counts the process's threads under SCHED_RR (policy 2).
+func rrThreads(t *testing.T, pid int) int { return threadsWith(t, pid, 41, "2") }
+
 // niceThreads counts the process's threads at the given nice value (field 19).
 func niceThreads(t *testing.T, pid, nice int) int { return threadsWith(t, pid, 19, strconv.Itoa(nice)) }
 
@@ -670,7 +683,8 @@ func checkKernelEvent(t *testing.T, body []byte, pid int, cgroup string) {
 
 // Where the kernel refuses SCHED_FIFO (a container's cpu cgroup with no
 // real-time budget: cpu.rt_runtime_us 0, the default for a new cgroup), the
-// decision loop runs at nice -20 instead, and says so.
+// decision loop runs at nice -20 instead, the other threads keep their
+// normal scheduling, and it says so.
 func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
 	cg := testenv.NewCgroup(t)
 	cpu := fmt.Sprintf("/sys/fs/cgroup/cpu/oomguard-test-rt-%d", os.Getpid())
@@ -688,11 +702,13 @@ func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
 	cmd := exec.Command("sh", "-c", `echo $$ > "$1/cgroup.procs" && shift && exec "$@"`, "sh", cpu,
 		guardBin, "--root="+cg.Mem.Path(cg.Rel, ""), "--policy=noop", "--webhook-url=", "--port=0", "--v=0", "--logtostderr", "--nice=0")
 	d := startDaemonCmd(t, cmd, 0)
-	if !strings.Contains(d.stderr.String(), "running it at nice -20 instead") {
-		t.Errorf("no word of the fallback in the log:\n%s", d.stderr.String())
+	for _, want := range []string{"running it at nice -20 instead", "SCHED_RR 1 for the guard's threads"} {
+		if !strings.Contains(d.stderr.String(), want) {
+			t.Errorf("no word of the fallback (%q) in the log:\n%s", want, d.stderr.String())
+		}
 	}
-	if n := fifoThreads(t, d.cmd.Process.Pid); n != 0 {
-		t.Errorf("%d threads under SCHED_FIFO in a cgroup without real-time budget", n)
+	if n := fifoThreads(t, d.cmd.Process.Pid) + rrThreads(t, d.cmd.Process.Pid); n != 0 {
+		t.Errorf("%d threads under SCHED_FIFO or SCHED_RR in a cgroup without real-time budget", n)
 	}
 	if n := niceThreads(t, d.cmd.Process.Pid, -20); n != 1 {
 		t.Errorf("%d threads at nice -20, want the decision loop's alone", n)

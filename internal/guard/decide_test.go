@@ -24,6 +24,29 @@ func TestThreshold(t *testing.T) {
 	}
 }
 
+// On v1 the kernel signals a crossing up to ThresholdLag late: the margin
+// keeps MinMargin beyond that, and the ratio's larger margins stay.
+func TestThresholdLag(t *testing.T) {
+	cfg := DefaultConfig()
+	const M, K = 1 << 20, 1 << 10
+	cfg.ThresholdLag = 1536 * K // 2 CPUs' worth on 4 KiB pages
+	for _, tc := range []struct{ limit, want uint64 }{
+		{64 * M, 64*M - 2560*K},    // 2% is 1.28M: min margin 1M plus the lag
+		{1000 * M, 980 * M},        // 2% is 20M: the lag changes nothing
+		{128 * M, 128*M - 2684354}, // 2% is 2.56M, above 2.5M
+		{4 * M, 2 * M},             // never more than half the limit
+		{4096 * M, 4066 * M},       // max margin 30M
+	} {
+		if got := cfg.Threshold(tc.limit); got != tc.want {
+			t.Errorf("Threshold(%d MiB) = %d, want %d", tc.limit/M, got, tc.want)
+		}
+	}
+	cfg.MinMargin, cfg.MaxMargin = 1*M, 1*M // a max below the floor: the floor wins
+	if got := cfg.Threshold(1000 * M); got != 1000*M-2560*K {
+		t.Errorf("Threshold(1000 MiB) with max margin 1M = %d, want %d", got, 1000*M-2560*K)
+	}
+}
+
 func TestEarlyThreshold(t *testing.T) {
 	cfg := DefaultConfig()
 	const M = 1 << 20

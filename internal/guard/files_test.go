@@ -54,7 +54,7 @@ func TestFilesOpenOnlyNearTheLimit(t *testing.T) {
 	// The early threshold far below the threshold, so that a process can
 	// sit between them: 125.4 MiB and 93.4 MiB.
 	cfg.ReclaimableRatio, cfg.PrepareAhead = 0, 32<<20
-	early, threshold := cfg.EarlyThreshold(limit), cfg.Threshold(limit)
+	early, threshold := onV1(cfg).EarlyThreshold(limit), onV1(cfg).Threshold(limit)
 	near := cg.Child(t, "near", limit)
 	cg.Child(t, "rest", limit)
 	startGuard(t, cg, cfg)

@@ -162,6 +162,9 @@ type Guard struct {
 // New makes a guard over mem's hierarchy, on the running kernel. It does
 // nothing until Run.
 func New(cfg Config, mem cgroup.Memory, n Notifier, k ProcessKiller, r Reporter, m Metrics) (*Guard, error) {
+	if l, ok := n.(LaggingThresholds); ok {
+		cfg.ThresholdLag = l.ThresholdLag()
+	}
 	return NewOn(cfg, RealKernel(mem, n, k), r, m)
 }
 

@@ -23,6 +23,13 @@ type Notifier interface {
 	Sampler() notify.Sampler
 }
 
+// LaggingThresholds is a Notifier whose threshold notifications come up
+// to ThresholdLag bytes past the threshold (v1: V1ThresholdLag). The
+// guard widens its margins by as much (Config.ThresholdLag).
+type LaggingThresholds interface {
+	ThresholdLag() uint64
+}
+
 // SharedThresholds is a Notifier that can register several thresholds on
 // one watch (v1: one eventfd): the guard then tells the crossing from the
 // early threshold's by the usage it reads, and a cgroup costs one fd less.

@@ -29,22 +29,37 @@ import (
 // "one spike, one kill" must not leave the cgroup unguarded while the
 // next worker fills it (the kernel did about half the kills).
 func TestRespawningWorkload(t *testing.T) {
-	// Each worker is a new race, which a loaded machine (other tests, a VM
-	// beside this one) loses now and then: bench/preempt measures the rate
-	// (1 to 2% here, more under a heavy load). What this test must see gone
-	// is the kernel's share while the cgroup was left unguarded after each
-	// kill: a third to a half of the kills before. A round whose kernel
-	// share is above 10% is run once more.
+	// Each worker is a new race: the kernel killed a third to a half of
+	// them before, 0 to 2% at nice -20, none in 6 of 7 rounds of
+	// bench/preempt with every thread real-time (1 of 2,000 in the
+	// seventh). A round in which the kernel kills more than 1% is run once
+	// more, for the rare outlier on a machine shared with other work.
+	likeTheBinary(t)
 	for round := 1; ; round++ {
 		share, ok := respawnRound(t)
 		if ok || round == 2 {
 			if !ok {
-				t.Errorf("the kernel's share of the kills was %.0f%% in both rounds: more than lost races", share)
+				t.Errorf("the kernel's share of the kills was %.1f%% in both rounds", share)
 			}
 			return
 		}
-		t.Logf("round %d: the kernel's share %.0f%%; again", round, share)
+		t.Logf("round %d: the kernel's share %.1f%%; again", round, share)
 	}
+}
+
+// likeTheBinary runs this test's in-process guards as the binary runs
+// itself (--rt-others): every thread of the test process SCHED_RR 1 under
+// the loop's SCHED_FIFO, back to normal at the end (a VM started later by
+// another test must not inherit it; the workloads reset themselves).
+func likeTheBinary(t *testing.T) {
+	if err := guard.RealtimeProcess(1); err != nil {
+		testenv.Skip(t, "SCHED_RR for the guard's threads, as the binary runs: "+err.Error())
+	}
+	t.Cleanup(func() {
+		if err := guard.RealtimeProcess(0); err != nil {
+			t.Errorf("back to normal scheduling: %v", err)
+		}
+	})
 }
 
 // respawnRound runs one 20 s round of TestRespawningWorkload: the kernel's
@@ -110,7 +125,7 @@ func respawnRound(t *testing.T) (float64, bool) {
 	}
 	total := uint64(len(byGuard)) + kernel
 	share := 100 * float64(kernel) / float64(max(total, 1))
-	return share, kernel*10 <= total
+	return share, kernel*100 <= total
 }
 
 // supervisor is a prefork server's loop: it forks a worker that allocates
@@ -159,6 +174,26 @@ func startGated(t *testing.T, cg *testenv.Cgroup, rel string, cmd *exec.Cmd) *os
 // killed 35 of them, most already signalled by the guard, which then
 // signalled some a second time).
 func TestStormOfCrossings(t *testing.T) {
+	// The kernel killed 34 to 63 of 100 before, 0 to 5 at nice -20, none in
+	// 600 storms of bench/preempt with every thread real-time. A round in
+	// which it kills any is run once more, for the rare outlier on a
+	// machine shared with other work.
+	likeTheBinary(t)
+	for round := 1; ; round++ {
+		kernel := stormRound(t)
+		if kernel == 0 || round == 2 {
+			if kernel > 0 {
+				t.Errorf("the kernel killed in a storm of 100 in both rounds (%d the second time)", kernel)
+			}
+			return
+		}
+		t.Logf("round %d: the kernel killed %d of 100; again", round, kernel)
+	}
+}
+
+// stormRound runs one storm of TestStormOfCrossings and returns how many
+// processes the kernel killed; every other failure is the test's.
+func stormRound(t *testing.T) uint64 {
 	const n = 100
 	cg := testenv.NewCgroup(t)
 	var rels []string
@@ -217,13 +252,7 @@ func TestStormOfCrossings(t *testing.T) {
 	if got := uint64(len(killed)) + kernel; got < n || got > n+3 {
 		t.Errorf("%d guard kills and %d kernel kills for %d processes", len(killed), kernel, n)
 	}
-	// The kernel wins only where its v1 threshold notification (checked
-	// every 128 page events per CPU) came after it had begun to kill: 0 to
-	// 5 of 100 measured with every thread at nice -20, 34 to 63 before
-	// (bench/preempt, RESULTS-races.md).
-	if kernel > n/10 {
-		t.Errorf("the kernel killed %d of %d: the guard lost more than the v1 notification's lateness explains", kernel, n)
-	}
+	return kernel
 }
 
 // Scope (issue 12, case 3): the victim made ready at the early threshold
@@ -232,7 +261,7 @@ func TestStormOfCrossings(t *testing.T) {
 // the process the kernel would kill now, the one still growing, is.
 func TestVictimLeavesBeforeTheKill(t *testing.T) {
 	cfg := testConfig()
-	early, threshold := cfg.EarlyThreshold(64<<20), cfg.Threshold(64<<20)
+	early, threshold := onV1(cfg).EarlyThreshold(64<<20), onV1(cfg).Threshold(64<<20)
 	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
 	for try := 1; ; try++ {
 		cg := testenv.NewCgroup(t)
@@ -415,7 +444,7 @@ func TestStuckCgroupDoesNotSpin(t *testing.T) {
 	}
 	u, _ = mem.Usage(rel)
 	limit := (u + 512<<10) &^ 4095
-	if got := testConfig().Threshold(limit); got > u {
+	if got := onV1(testConfig()).Threshold(limit); got > u {
 		t.Fatalf("threshold %d above usage %d", got, u)
 	}
 	idle := cpuPercent(3 * time.Second) // this process with the guard, before: the baseline
@@ -520,7 +549,7 @@ func TestRestartRestoresOperatorsSoftLimit(t *testing.T) {
 	cfg := testConfig()
 	cfg.OpenSoftLimit = true
 	for rel := range want {
-		if got := soft(rel); got != pageFloor(cfg.Threshold(128<<20)) {
+		if got := soft(rel); got != pageFloor(onV1(cfg).Threshold(128<<20)) {
 			t.Fatalf("%s: soft limit %d under the first guard, want its threshold", rel, got)
 		}
 	}

@@ -39,9 +39,12 @@ func useRealtime(prio int) (restore func()) {
 // setScheduler sets the calling thread's policy with sched_setscheduler(2),
 // which every kernel has; sched_setattr came only with 3.14 (CentOS 7's
 // 3.10 answers ENOSYS), and the guard needs nothing it adds.
-func setScheduler(policy, prio int) error {
+func setScheduler(policy, prio int) error { return setSchedulerOf(0, policy, prio) }
+
+// setSchedulerOf is setScheduler for thread tid (0: the calling thread).
+func setSchedulerOf(tid, policy, prio int) error {
 	param := struct{ priority int32 }{int32(prio)}
-	_, _, errno := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, 0, uintptr(policy), uintptr(unsafe.Pointer(&param)))
+	_, _, errno := unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), uintptr(policy), uintptr(unsafe.Pointer(&param)))
 	if errno != 0 {
 		return errno
 	}
@@ -72,24 +75,6 @@ func ValidRealtimePriority(p int) error {
 	return nil
 }
 
-// NiceAllThreads sets every thread of this process to nice n (EXPERIMENT).
-func NiceAllThreads(n int) error {
-	ents, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		tid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
-			return fmt.Errorf("thread %d: %w", tid, err)
-		}
-	}
-	return nil
-}
-
 // NiceProcess gives every thread of this process nice n. On Linux a nice
 // value is a thread's (setpriority with PRIO_PROCESS takes a thread id),
 // and a new thread takes its creator's: set early, before the loop starts,
@@ -107,18 +92,53 @@ func NiceAllThreads(n int) error {
 // a Go processor. The guard's other work is small and bounded (events,
 // metrics, the kernel log); nice -20 still yields to real-time tasks.
 func NiceProcess(n int) error {
-	tasks, err := os.ReadDir("/proc/self/task")
+	err := eachThread(func(tid int) error { return unix.Setpriority(unix.PRIO_PROCESS, tid, n) })
 	if err != nil {
 		return fmt.Errorf("nice %d: %w", n, err)
+	}
+	return nil
+}
+
+// eachThread applies set to every thread of this process; one that ended
+// meanwhile (ESRCH) is skipped.
+func eachThread(set func(tid int) error) error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return err
 	}
 	for _, task := range tasks {
 		tid, err := strconv.Atoi(task.Name())
 		if err != nil {
 			continue
 		}
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("nice %d for thread %d: %w", n, tid, err)
+		if err := set(tid); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("thread %d: %w", tid, err)
 		}
+	}
+	return nil
+}
+
+// RealtimeProcess puts every thread of this process under SCHED_RR at
+// prio, which the threads the Go runtime starts later inherit; the loop
+// then takes SCHED_FIFO at a higher priority (useRealtime), so none of
+// them ever delays it. Nice -20 (NiceProcess) shortened the runtime's
+// pauses but did not end them: a thread that a busy node's processes keep
+// off its CPU still holds up a garbage collection's stop, or the hand-over
+// of a Go processor the loop's thread needs back after a system call, for
+// as long as they keep it off. Traced in bench/preempt's storm: the loop,
+// woken by a crossing, ran 5 to 236 ms later. With every thread real-time,
+// kernel kills fell to 0 in the storm and respawn rows (RESULTS-races.md,
+// round three). The guard's threads do little (events, metrics, the kernel
+// log) and the kernel's RT throttling bounds what a runaway could take;
+// the guard starts no process, so none inherits the policy.
+// Priority 0 puts them back to normal scheduling.
+func RealtimeProcess(prio int) error {
+	policy := unix.SCHED_RR
+	if prio == 0 {
+		policy = unix.SCHED_NORMAL
+	}
+	if err := eachThread(func(tid int) error { return setSchedulerOf(tid, policy, prio) }); err != nil {
+		return fmt.Errorf("SCHED_RR %d: %w", prio, err)
 	}
 	return nil
 }

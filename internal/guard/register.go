@@ -260,9 +260,9 @@ func (g *Guard) installRearm(c *cg, r *registration) bool {
 // sayOddLimit gives a limit too small for the minimum margin one line:
 // its threshold is half the limit, not limit - margin.
 func (g *Guard) sayOddLimit(c *cg, r *registration) {
-	if r.limit-r.threshold < g.cfg.MinMargin {
-		klog.Infof("cgroup %s: limit %s is below twice --min-margin (%s): threshold at half the limit, %s; early threshold %s",
-			c.rel, bytesMiB(r.limit), bytesMiB(g.cfg.MinMargin), bytesMiB(r.threshold), bytesMiB(r.early))
+	if floor := g.cfg.MinMargin + g.cfg.ThresholdLag; r.limit-r.threshold < floor {
+		klog.Infof("cgroup %s: limit %s is below twice the smallest margin (%s: --min-margin %s, plus %s the kernel may notify late): threshold at half the limit, %s; early threshold %s",
+			c.rel, bytesMiB(r.limit), bytesMiB(floor), bytesMiB(g.cfg.MinMargin), bytesMiB(g.cfg.ThresholdLag), bytesMiB(r.threshold), bytesMiB(r.early))
 	}
 }
 

@@ -205,3 +205,21 @@ func collect(t *testing.T, p *notify.Poller, in *notify.Inotify, want func(notif
 	t.Fatal("expected inotify change not seen")
 	return notify.DirChange{}
 }
+
+// The lag the guard's v1 margins allow for: 128 pages between the
+// kernel's threshold checks on a CPU, plus a CPU's charge cache.
+func TestV1ThresholdLag(t *testing.T) {
+	page := uint64(os.Getpagesize())
+	for _, tc := range []struct {
+		n    notify.V1Notifier
+		want uint64
+	}{
+		{notify.V1Notifier{}, 2 * 192 * page},
+		{notify.V1Notifier{ChargingCPUs: 1}, 192 * page},
+		{notify.V1Notifier{ChargingCPUs: 8}, 8 * 192 * page},
+	} {
+		if got := tc.n.ThresholdLag(); got != tc.want {
+			t.Errorf("%d CPUs: lag %d, want %d", tc.n.ChargingCPUs, got, tc.want)
+		}
+	}
+}

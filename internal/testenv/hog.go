@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -82,10 +83,11 @@ func StartIn(fs *cgroup.FS, rel string, cmd *exec.Cmd) error {
 	return err
 }
 
-// atNormalPriority gives every thread of process pid nice 0: workloads
-// run as a node's do, whatever the nice value of the process that started
-// them (a benchmark that runs the guard in-process runs it at nice -20, as
-// the binary does: guard.NiceProcess).
+// atNormalPriority gives every thread of process pid normal scheduling at
+// nice 0: workloads run as a node's do, whatever the priority of the
+// process that started them (a benchmark that runs the guard in-process
+// runs it as the binary does: SCHED_RR at nice -20, guard.RealtimeProcess
+// and guard.NiceProcess).
 func atNormalPriority(pid int) {
 	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
 	if err != nil {
@@ -93,6 +95,8 @@ func atNormalPriority(pid int) {
 	}
 	for _, task := range tasks {
 		if tid, err := strconv.Atoi(task.Name()); err == nil {
+			param := struct{ priority int32 }{0}
+			_, _, _ = unix.Syscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), unix.SCHED_NORMAL, uintptr(unsafe.Pointer(&param)))
 			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 0)
 		}
 	}
