@@ -55,3 +55,39 @@ func TestNewCgroupReadOffTheLoop(t *testing.T) {
 		})
 	}
 }
+
+// A reading whose watch was made in an instance that a reset replaced
+// meanwhile: the old instance stays open until the reading is taken in
+// (a registrar's inotify_add_watch never meets a closed fd), then is
+// closed, and the cgroup is watched again in the new one.
+func TestReadingOutlivesItsInstance(t *testing.T) {
+	g, k := newFakeGuard(t, DefaultConfig())
+	old := &recWatcher{fd: 7}
+	g.inotify = old
+	_ = g.poller.Add(old.fd)
+	open := k.gate("limit:/new")
+	defer open()
+	k.mkcg("/new", fLimit, 0)
+	g.add("/new")
+	dir := g.absPath("/new")
+	for deadline := time.Now().Add(5 * time.Second); !old.has(dir); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("/new not watched in the old instance")
+		}
+	}
+	fresh := &recWatcher{fd: 8}
+	g.installReset(reset{in: fresh})
+	g.aside.Wait()
+	if old.isClosed() {
+		t.Fatal("the old instance was closed under a reading making a watch in it")
+	}
+	open()
+	settleReads(t, g)
+	g.aside.Wait()
+	if !old.isClosed() || !fresh.has(dir) || fresh.isClosed() {
+		t.Fatalf("old closed %v, /new watched in the new instance %v", old.isClosed(), fresh.has(dir))
+	}
+	if c := g.known["/new"]; c == nil || !c.registering || c.limit != fLimit {
+		t.Fatalf("/new: %+v, want registering at its limit", c)
+	}
+}

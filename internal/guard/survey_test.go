@@ -323,6 +323,12 @@ type recWatcher struct {
 }
 
 func (w *recWatcher) Fd() int { return w.fd }
+func (w *recWatcher) has(dir string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Contains(w.watched, dir)
+}
+func (w *recWatcher) isClosed() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.closed }
 func (w *recWatcher) Add(dir string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
