@@ -121,10 +121,15 @@ func (g *Guard) readAgain(c *cg) { g.startRead(c, nil, false) }
 // addTree adds a new cgroup and whatever was created below it before its
 // inotify watch was in place (read off the loop with it).
 func (g *Guard) addTree(rel string) {
-	if _, ok := g.known[rel]; ok {
-		return // its sub-cgroups come as changes of their own
+	c, ok := g.known[rel]
+	switch {
+	case !ok:
+		g.startRead(g.know(rel), g.inotify, true)
+	case !c.reading:
+		// Known from a walk, which may have listed it before what was
+		// made below it: read below it too.
+		g.startRead(c, g.inotify, true)
 	}
-	g.startRead(g.know(rel), g.inotify, true)
 }
 
 // setLimit guards, re-arms or unguards a cgroup for a (new) limit.

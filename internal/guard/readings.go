@@ -142,6 +142,10 @@ func (g *Guard) takeRead(rd *reading) {
 		}
 		c := root
 		if i > 0 {
+			if g.known[root.rel] != root {
+				live = false // forgotten just now, and what is below it with it
+				continue
+			}
 			if _, ok := g.known[o.rel]; ok {
 				continue // known meanwhile, and read for itself
 			}

@@ -93,14 +93,22 @@ type work struct {
 // 5,000 cgroups in a 60 MiB cgroup was OOM-killed by a burst of 1,000).
 // The loop only appends under the lock, a registrar only takes.
 type regQueue struct {
-	mu      sync.Mutex
-	waiting []work
-	more    chan struct{} // holds a token once something was queued
+	mu sync.Mutex
+	// The registrations go first: a reading is a few system calls, a
+	// registration a grace period, and with ten thousand readings
+	// queued at the start the limited cgroups' registrations, queued as
+	// their readings are taken in, would wait for all of them.
+	waiting, readings []work
+	more              chan struct{} // holds a token once something was queued
 }
 
 func (q *regQueue) push(w work) {
 	q.mu.Lock()
-	q.waiting = append(q.waiting, w)
+	if w.rd != nil {
+		q.readings = append(q.readings, w)
+	} else {
+		q.waiting = append(q.waiting, w)
+	}
 	q.mu.Unlock()
 	select {
 	case q.more <- struct{}{}:
@@ -108,20 +116,28 @@ func (q *regQueue) push(w work) {
 	}
 }
 
-// pop takes the oldest work waiting; false if none.
+// pop takes the oldest registration waiting, else the oldest reading;
+// false if none.
 func (q *regQueue) pop() (work, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.waiting) == 0 {
+	if w, ok := popFirst(&q.waiting); ok {
+		return w, true
+	}
+	return popFirst(&q.readings)
+}
+
+func popFirst(ws *[]work) (work, bool) {
+	if len(*ws) == 0 {
 		return work{}, false
 	}
-	r := q.waiting[0]
-	q.waiting[0] = work{}
-	q.waiting = q.waiting[1:]
-	if len(q.waiting) == 0 {
-		q.waiting = nil // the array a burst grew goes
+	w := (*ws)[0]
+	(*ws)[0] = work{}
+	*ws = (*ws)[1:]
+	if len(*ws) == 0 {
+		*ws = nil // the array a burst grew goes
 	}
-	return r, true
+	return w, true
 }
 
 // registrar makes the registrations and readings queued, one at a time,
