@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -89,5 +90,25 @@ func TestReadingOutlivesItsInstance(t *testing.T) {
 	}
 	if c := g.known["/new"]; c == nil || !c.registering || c.limit != fLimit {
 		t.Fatalf("/new: %+v, want registering at its limit", c)
+	}
+}
+
+// The registrars take a registration before any reading: at the start ten
+// thousand readings are queued, and a limited cgroup's registration, queued
+// once its reading is taken in, must not wait for all of them.
+func TestRegistrationsBeforeReadings(t *testing.T) {
+	q := regQueue{more: make(chan struct{}, 1)}
+	rd1, rd2 := &reading{}, &reading{}
+	r1, r2 := &registration{}, &registration{}
+	q.push(work{rd: rd1})
+	q.push(work{r: r1})
+	q.push(work{rd: rd2})
+	q.push(work{r: r2})
+	var got []work
+	for w, ok := q.pop(); ok; w, ok = q.pop() {
+		got = append(got, w)
+	}
+	if want := []work{{r: r1}, {r: r2}, {rd: rd1}, {rd: rd2}}; !slices.Equal(got, want) {
+		t.Fatalf("popped %v, want %v", got, want)
 	}
 }
