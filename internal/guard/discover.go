@@ -41,8 +41,9 @@ type change struct {
 }
 
 // A batch of changes ends after changeBatch changes or changeBudget of
-// wall time, whichever comes first; adding a cgroup costs the loop a
-// watch and two reads (about 20-40 us), forgetting one a few closes.
+// wall time, whichever comes first; adding a cgroup costs the loop a few
+// map entries and a reading queued for the registrars (readings.go; its
+// watch and reads are theirs), forgetting one a few closes.
 const (
 	changeBatch  = 256
 	changeBudget = 500 * time.Microsecond
