@@ -43,6 +43,7 @@ type idleRow struct {
 	fds            int
 	cpuPct         float64
 	oomKills       uint64
+	resetStall     string // the loop's longest turn in an inotify reset, from its histogram
 	note           string
 }
 
@@ -119,8 +120,8 @@ func idleCost(root *cgroup.FS, top string, s idleSpec, out io.Writer) error {
 	fmt.Fprintln(out, "| known cgroups | guarded (of limited) | all guarded after | RSS | cgroup usage | of which kernel | peak usage | fds | idle CPU | longest loop stall in an inotify reset | guard OOM-killed |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Fprintf(out, "| %d | %d (%d) | %s | %s | %s | %s | %s | %d | %.2f%% | — | %s |\n", r.known, r.guarded, r.limited, readyText(r),
-			mib(r.rss), mib(r.usage), mib(r.kmem), mib(r.peak), r.fds, r.cpuPct, oomText(r))
+		fmt.Fprintf(out, "| %d | %d (%d) | %s | %s | %s | %s | %s | %d | %.2f%% | %s | %s |\n", r.known, r.guarded, r.limited, readyText(r),
+			mib(r.rss), mib(r.usage), mib(r.kmem), mib(r.peak), r.fds, r.cpuPct, stallText(r), oomText(r))
 	}
 	for i, c := range churn {
 		if len(c) == 0 {
@@ -145,6 +146,13 @@ func readyText(r idleRow) string {
 	return r.ready.Round(10 * time.Millisecond).String()
 }
 
+func stallText(r idleRow) string {
+	if r.resetStall == "" {
+		return "—"
+	}
+	return r.resetStall
+}
+
 func oomText(r idleRow) string {
 	if r.oomKills == 0 {
 		return "no"
@@ -160,6 +168,7 @@ type guardProc struct {
 	cg      string
 	cmd     *exec.Cmd
 	port    int
+	started time.Time
 	ready   chan time.Duration
 	exited  chan struct{}
 	waitErr error
@@ -183,7 +192,8 @@ func startGuard(root *cgroup.FS, base, cgRel, bin string, s idleSpec) (*guardPro
 	}
 	procs := root.Path(cgRel, "cgroup.procs")
 	cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$1" && shift && exec "$@"`, "sh", procs,
-		bin, "--root="+root.Path(base, ""), "--policy=noop", "--webhook-url=", "--v=0", "--port="+strconv.Itoa(port))
+		bin, "--root="+root.Path(base, ""), "--policy=noop", "--webhook-url=", "--v=0", "--port="+strconv.Itoa(port),
+		"--inotifyResetSeconds="+strconv.Itoa(int(idleResetAfter(s).Seconds())))
 	cmd.Env = os.Environ()
 	if s.GoMemLimit != "" {
 		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+s.GoMemLimit)
@@ -196,7 +206,7 @@ func startGuard(root *cgroup.FS, base, cgRel, bin string, s idleSpec) (*guardPro
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &guardProc{root: root, cg: cgRel, cmd: cmd, port: port, ready: make(chan time.Duration, 1), exited: make(chan struct{})}
+	p := &guardProc{root: root, cg: cgRel, cmd: cmd, port: port, started: started, ready: make(chan time.Duration, 1), exited: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -224,6 +234,76 @@ func freePort() (int, error) {
 }
 
 var guardedMetric = regexp.MustCompile(`(?m)^oomguard_guarded_cgroups (\S+)$`)
+
+// idleResetAfter is the guard's --inotifyResetSeconds in the idle mode:
+// its first reset (after the one it starts with) comes once it is ready
+// and its idle cost measured, and the loop's longest turn during it is
+// read from its oomguard_loop_busy_seconds histogram (reset stall).
+func idleResetAfter(s idleSpec) time.Duration { return s.For.Round(time.Second) + 25*time.Second }
+
+var busyBucket = regexp.MustCompile(`(?m)^oomguard_loop_busy_seconds_bucket\{le="([^"]+)"\} (\S+)$`)
+
+// busyBuckets is the loop-busy histogram's cumulative counts by upper
+// bound (seconds, +Inf last).
+func (p *guardProc) busyBuckets() ([]string, map[string]float64) {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.port))
+	if err != nil {
+		return nil, nil
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var les []string
+	counts := map[string]float64{}
+	for _, m := range busyBucket.FindAllSubmatch(body, -1) {
+		v, _ := strconv.ParseFloat(string(m[2]), 64)
+		les = append(les, string(m[1]))
+		counts[string(m[1])] = v
+	}
+	return les, counts
+}
+
+// resetStall waits for the guard's first periodic inotify reset and says
+// within which of the histogram's buckets its longest loop turn fell: the
+// bucket of the longest turn counted between a scrape before the reset
+// and one after its re-watch, walk and hand-over ("" if the reset was
+// missed: the guard was not ready in time).
+func (p *guardProc) resetStall(s idleSpec) string {
+	at := p.started.Add(idleResetAfter(s))
+	if time.Until(at) < 2*time.Second {
+		return ""
+	}
+	time.Sleep(time.Until(at) - 2*time.Second)
+	les, before := p.busyBuckets()
+	time.Sleep(7 * time.Second)
+	_, after := p.busyBuckets()
+	if len(les) == 0 {
+		return ""
+	}
+	delta := func(i int) float64 { return after[les[i]] - before[les[i]] }
+	last := len(les) - 1
+	if delta(last) == 0 {
+		return "" // no turn counted: no metrics
+	}
+	for i := range les {
+		if delta(i) < delta(last) {
+			continue
+		}
+		switch i {
+		case 0:
+			return "≤ " + msText(les[0]) + " ms"
+		case last:
+			return "over " + msText(les[last-1]) + " ms"
+		}
+		return msText(les[i-1]) + "–" + msText(les[i]) + " ms"
+	}
+	return ""
+}
+
+// msText is a bound in seconds, as milliseconds.
+func msText(sec string) string {
+	v, _ := strconv.ParseFloat(sec, 64)
+	return strconv.FormatFloat(v*1000, 'g', 3, 64)
+}
 
 // guarded is the guard's own count of guarded cgroups; -1 if unknown.
 func (p *guardProc) guarded() int {
@@ -350,6 +430,8 @@ func idleOne(root *cgroup.FS, top string, n int, s idleSpec, bin string) (idleRo
 	r.guarded, r.limited = p.guarded(), limited
 	const hz = 100 // USER_HZ
 	r.cpuPct = float64(cpu1-cpu0) / hz / s.For.Seconds() * 100
+	r.resetStall = p.resetStall(s)
+	fmt.Fprintf(os.Stderr, "idle %d: longest loop turn in the inotify reset: %s\n", n, stallText(r))
 	var churn []idleRow
 	for b := 1; b <= s.Churn && !p.gone(); b++ {
 		churn = append(churn, burst(root, base, b, s.ChurnSize, r.guarded, p))

@@ -1,7 +1,6 @@
 package guard
 
 import (
-	"errors"
 	"path"
 	"strings"
 	"time"
@@ -42,8 +41,9 @@ type change struct {
 }
 
 // A batch of changes ends after changeBatch changes or changeBudget of
-// wall time, whichever comes first; adding a cgroup costs the loop a
-// watch and two reads (about 20-40 us), forgetting one a few closes.
+// wall time, whichever comes first; adding a cgroup costs the loop a few
+// map entries and a reading queued for the registrars (readings.go; its
+// watch and reads are theirs), forgetting one a few closes.
 const (
 	changeBatch  = 256
 	changeBudget = 500 * time.Microsecond
@@ -100,65 +100,37 @@ func (g *Guard) apply(ch change) {
 }
 
 // add starts knowing a cgroup: inotify on its directory, its kernel OOM
-// count as the baseline, and a guard if it has a limit. The limit is read
-// after the watch is in place: a runtime creates a container's cgroup and
-// writes its limit a moment later, and a limit written between an earlier
-// read and the watch would go unseen until the next full walk.
-func (g *Guard) add(rel string) {
-	c := &cg{rel: rel, limit: cgroup.Unlimited}
+// count as the baseline, and a guard if it has a limit, all read off the
+// loop (readings.go). The limit is read after the watch is in place: a
+// runtime creates a container's cgroup and writes its limit a moment
+// later, and a limit written between an earlier read and the watch would
+// go unseen until the next full walk.
+func (g *Guard) add(rel string) { g.startRead(g.know(rel), g.inotify, false) }
+
+// know makes rel known, unguarded, unread.
+func (g *Guard) know(rel string) *cg {
+	c := &cg{rel: rel, limit: cgroup.Unlimited, unread: true}
 	g.known[rel] = c
 	g.parents[path.Dir(rel)]++
 	g.noteKnown(c)
-	g.watchDir(rel)
-	g.readKnown(c)
+	return c
 }
 
-// readKnown reads a cgroup's kernel OOM count (the baseline from which
-// kills are counted) and its limit, and guards it accordingly. One that
-// cannot be read for want of a resource is read again later: with a
-// baseline of 0 it would report as new every kill the kernel made before.
-func (g *Guard) readKnown(c *cg) {
-	n, err := g.mem.OOMKills(c.rel)
-	if errors.Is(err, cgroup.ErrNoOOMKillCounter) {
-		n, err = 0, nil // before 4.13: kills are counted from the OOM eventfd (kernelkill.go)
-	}
-	if err == nil {
-		var limit uint64
-		if limit, err = g.mem.Limit(c.rel); err == nil {
-			c.oomKills = n
-			if groups, err := g.mem.OOMGroupKills(c.rel); err == nil {
-				c.groupKills = groups
-			}
-			g.setLimit(c, limit)
-			return
-		}
-	}
-	if cgroup.IsNotExist(err) {
-		g.forget(c)
-		return
-	}
-	c.unread = true
-	g.retryLater(c, "read", err)
-}
-
-// readAgain is readKnown for a cgroup that could not be read before.
-func (g *Guard) readAgain(c *cg) {
-	c.unread = false
-	g.readKnown(c)
-	if !c.unread && g.known[c.rel] == c && !c.registering && (c.guarded() || c.limit == cgroup.Unlimited) {
-		g.dropRetry(c)
-	}
-}
+// readAgain reads again a cgroup that could not be read before.
+func (g *Guard) readAgain(c *cg) { g.startRead(c, nil, false) }
 
 // addTree adds a new cgroup and whatever was created below it before its
-// inotify watch was in place.
+// inotify watch was in place (read off the loop with it).
 func (g *Guard) addTree(rel string) {
-	_ = g.mem.FS().Walk(rel, func(sub string) error {
-		if _, ok := g.known[sub]; !ok {
-			g.add(sub)
-		}
-		return nil
-	})
+	c, ok := g.known[rel]
+	switch {
+	case !ok:
+		g.startRead(g.know(rel), g.inotify, true)
+	case !c.reading:
+		// Known from a walk, which may have listed it before what was
+		// made below it: read below it too.
+		g.startRead(c, g.inotify, true)
+	}
 }
 
 // setLimit guards, re-arms or unguards a cgroup for a (new) limit.
@@ -225,39 +197,20 @@ func (g *Guard) onInotify() {
 		klog.Warning("inotify queue overflowed: walking the whole hierarchy")
 		g.askWalk()
 	}
-	root := strings.TrimSuffix(g.mem.FS().Root, "/")
-	for _, ch := range changes {
-		dir := "/" + strings.TrimPrefix(strings.TrimPrefix(ch.Dir, root), "/")
-		switch {
-		case ch.Name == "" && ch.Removed():
-			g.queue(change{removed, dir})
-		case ch.IsDir() && ch.Created():
-			g.queue(change{created, path.Join(dir, ch.Name)})
-		case ch.IsDir() && ch.Removed():
-			g.queue(change{removed, path.Join(dir, ch.Name)})
-		case ch.Modified() && ch.Name == g.mem.LimitFile():
-			g.queue(change{limitWritten, dir})
-		}
-	}
+	g.queueDirChanges(changes)
 }
 
+// refreshLimit reads c's limit again, off the loop; with a reading
+// under way, once it is done.
 func (g *Guard) refreshLimit(c *cg) {
+	if c.reading {
+		c.readMore = true
+		return
+	}
 	if c.unread {
 		return // read again at its retry
 	}
-	limit, err := g.mem.Limit(c.rel)
-	if err != nil {
-		if cgroup.IsNotExist(err) {
-			g.forget(c)
-			return
-		}
-		c.unread = true
-		g.retryLater(c, "read limit", err)
-		return
-	}
-	if limit != c.limit {
-		g.setLimit(c, limit)
-	}
+	g.startRead(c, nil, false)
 }
 
 // askWalk requests a full walk (after an inotify overflow).

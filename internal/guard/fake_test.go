@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -38,6 +39,28 @@ type fakeKernel struct {
 	polled   map[int]bool
 	killErrs map[int]error // pid -> what its Kill returns
 	ready    []int         // what the poller's next Wait returns
+	// gates: a read or watch named "limit:/rel", "oom:/rel" or
+	// "watch:/rel" waits until its channel is closed (a system call
+	// that waits in the kernel).
+	gates map[string]chan struct{}
+}
+
+// gate makes the kernel's what (as in gates) wait until the returned
+// function is called.
+func (k *fakeKernel) gate(what string) (open func()) {
+	ch := make(chan struct{})
+	k.set(func() { k.gates[what] = ch })
+	return sync.OnceFunc(func() { close(ch) })
+}
+
+// wait waits at what's gate, if it has one.
+func (k *fakeKernel) wait(what string) {
+	k.mu.Lock()
+	ch := k.gates[what]
+	k.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
 }
 
 type fakeCgroup struct {
@@ -54,13 +77,13 @@ type fakeProc struct {
 
 func newFakeKernel(t *testing.T) *fakeKernel {
 	return &fakeKernel{t: t, root: t.TempDir(), now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC),
-		cgroups: map[string]*fakeCgroup{}, procs: map[int]*fakeProc{}, nextFd: 1000, polled: map[int]bool{}, killErrs: map[int]error{}}
+		cgroups: map[string]*fakeCgroup{}, procs: map[int]*fakeProc{}, nextFd: 1000, polled: map[int]bool{}, killErrs: map[int]error{}, gates: map[string]chan struct{}{}}
 }
 
 func (k *fakeKernel) kernel() Kernel {
 	return Kernel{
 		Mem: fakeMem{k, &cgroup.FS{Root: k.root}}, Notifier: fakeNotifier{k}, Killer: fakeKiller{k},
-		NewPoller: func() (Poller, error) { return fakePoller{k}, nil }, NewWatcher: func() (DirWatcher, error) { return &fakeWatcher{}, nil },
+		NewPoller: func() (Poller, error) { return fakePoller{k}, nil }, NewWatcher: func() (DirWatcher, error) { return &fakeWatcher{k}, nil },
 		Clock: k,
 	}
 }
@@ -123,12 +146,14 @@ func (m fakeMem) Version() cgroup.Version { return cgroup.VersionV1 }
 func (m fakeMem) FS() *cgroup.FS          { return m.fs }
 func (m fakeMem) LimitFile() string       { return "memory.limit_in_bytes" }
 func (m fakeMem) Limit(rel string) (uint64, error) {
+	m.k.wait("limit:" + rel)
 	return m.read(rel, func(c *fakeCgroup) uint64 { return c.limit })
 }
 func (m fakeMem) Usage(rel string) (uint64, error) {
 	return m.read(rel, func(c *fakeCgroup) uint64 { return c.usage })
 }
 func (m fakeMem) OOMKills(rel string) (uint64, error) {
+	m.k.wait("oom:" + rel)
 	return m.read(rel, func(c *fakeCgroup) uint64 { return c.oomKills })
 }
 func (m fakeMem) Stat(rel string) (cgroup.Stat, error) {
@@ -210,10 +235,15 @@ func (p fakePoller) Wait(time.Duration) ([]int, bool, error) {
 func (p fakePoller) Wake()        {}
 func (p fakePoller) Close() error { return nil }
 
-type fakeWatcher struct{}
+type fakeWatcher struct{ k *fakeKernel }
 
-func (*fakeWatcher) Fd() int                                 { return 1 }
-func (*fakeWatcher) Add(string) error                        { return nil }
+func (*fakeWatcher) Fd() int          { return 1 }
+func (*fakeWatcher) Add(string) error { return nil }
+func (w *fakeWatcher) Watch(dir string) (int32, error) {
+	w.k.wait("watch:/" + strings.TrimPrefix(strings.TrimPrefix(dir, w.k.root), "/"))
+	return 1, nil
+}
+func (*fakeWatcher) Adopt(string, int32) []notify.DirChange  { return nil }
 func (*fakeWatcher) Remove(string)                           {}
 func (*fakeWatcher) Read() ([]notify.DirChange, bool, error) { return nil, false, nil }
 func (*fakeWatcher) Close() error                            { return nil }
@@ -319,12 +349,27 @@ func newFakeGuard(t *testing.T, cfg Config) (*Guard, *fakeKernel) {
 	return g, k
 }
 
+// settleReads takes in every reading under way, as the loop would once
+// the registrars are done with them (readings.go).
+func settleReads(t *testing.T, g *Guard) {
+	t.Helper()
+	for g.readsInFlight > 0 {
+		select {
+		case rd := <-g.readsDone:
+			g.takeRead(rd)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d readings not done after 5s", g.readsInFlight)
+		}
+	}
+}
+
 // guardNew adds cgroup rel as a walk would find it and installs its
 // registration, which the real guard makes off the loop.
 func (k *fakeKernel) guardNew(g *Guard, rel string, limit, usage uint64) *cg {
 	k.t.Helper()
 	k.mkcg(rel, limit, usage)
 	g.add(rel)
+	settleReads(k.t, g)
 	select {
 	case r := <-g.registered:
 		g.install(r)

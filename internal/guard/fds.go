@@ -51,7 +51,8 @@ func (g *Guard) fdsShort() error {
 	if g.guarded > 0 {
 		per = (held + g.guarded - 1) / g.guarded
 	}
-	inUse := g.baseFds + held + per*(g.inFlight+1)
+	// A reading under way holds one file (or directory) open at a time.
+	inUse := g.baseFds + held + per*(g.inFlight+1) + min(g.readsInFlight, g.cfg.Registrars)
 	if uint64(inUse+fdReserve) > lim.Cur {
 		return fmt.Errorf("%d fds in use of at most %d (RLIMIT_NOFILE), %d kept free for kills: %w", inUse, lim.Cur, fdReserve, unix.EMFILE)
 	}

@@ -60,6 +60,8 @@ type cg struct {
 	// unread: its limit or kernel OOM count could not be read (EMFILE,
 	// ENOMEM); read again with the registrations' back-off (readAgain).
 	unread      bool
+	reading     bool        // a reading of its files is under way (readings.go)
+	readMore    bool        // its limit is to be read again once that reading is done
 	registering bool        // a registration of its notifications is under way
 	retries     int         // registrations failed in a row (retryLater)
 	retryAt     time.Time   // zero: no retry pending
@@ -119,7 +121,11 @@ type Guard struct {
 	scopeUnknown   bool                  // a victim's cgroup could not be told at its kill (said once)
 	records        *records              // what the guard wrote into cgroups, for a successor (record.go); nil: none
 	inFlight       int                   // registrations started, not yet installed
-	baseFds        int                   // fds open at the start (fds.go)
+	readsInFlight  int                   // readings started, not yet taken in (readings.go)
+	readsDone      chan *reading
+	watchRefs      map[DirWatcher]int      // readings making a watch in each instance
+	retired        map[DirWatcher]struct{} // instances a reset replaced, closed once no reading holds them
+	baseFds        int                     // fds open at the start (fds.go)
 	retrying       map[*cg]struct{}
 	started        time.Time // zero once the start is logged
 	ready          chan struct{}
@@ -186,6 +192,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		parents: map[string]int{}, journal: map[string]entry{}, journalAsk: make(chan struct{}, 1), journals: make(chan map[string]entry, 1),
 		walks: make(chan []change, 1), walkAsk: make(chan struct{}, 1), resetAsk: make(chan struct{}, 1),
 		resetWork: make(chan struct{}, 1), resets: make(chan reset, 1),
+		readsDone: make(chan *reading, cfg.Registrars), watchRefs: map[DirWatcher]int{}, retired: map[DirWatcher]struct{}{},
 		registered: make(chan *registration, cfg.Registrars), regQueue: regQueue{more: make(chan struct{}, 1)}, ready: make(chan struct{}),
 		reclaims: make(chan string, 64),
 	}, nil
@@ -284,6 +291,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 			}
 		}
 		g.installRegistered()
+		g.takeReads()
 		g.takeHandovers()
 		g.applyChanges()
 		g.runTimers(g.clock.Now())
@@ -590,12 +598,8 @@ func (g *Guard) installReset(r reset) {
 	old := g.inotify
 	g.onInotify() // what the old instance still holds
 	_ = g.poller.Remove(old.Fd())
-	// Destroying an inotify instance waits for an SRCU grace period
-	// (30 ms measured here), and a loop waiting for it misses what
-	// happens meanwhile. Out of the epoll set, nothing waits on it: it
-	// may be closed anywhere.
-	g.goAside(func() { old.Close() })
 	g.inotify = r.in
+	g.retireWatcher(old)
 	g.nextReset = g.clock.Now().Add(g.cfg.InotifyReset)
 }
 
@@ -621,12 +625,6 @@ func (g *Guard) goAside(f func()) {
 	}()
 }
 
-func (g *Guard) watchDir(rel string) {
-	if err := g.inotify.Add(g.mem.FS().Path(rel, "")); err != nil && !cgroup.IsNotExist(err) {
-		klog.Warningf("cgroup %s: %v (it is still found by the periodic walk)", rel, err)
-	}
-}
-
 // releaseAll lets go of every cgroup: soft limits restored, eventfds closed.
 func (g *Guard) releaseAll() {
 	for _, c := range g.known {
@@ -636,6 +634,7 @@ func (g *Guard) releaseAll() {
 		_ = g.poller.Remove(g.inotify.Fd())
 		g.inotify.Close()
 	}
+	g.closeRetired()
 	g.metrics.SetGuarded(0)
 }
 

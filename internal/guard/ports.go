@@ -80,6 +80,12 @@ type Poller interface {
 type DirWatcher interface {
 	Fd() int
 	Add(dir string) error
+	// Watch makes a watch on dir from any goroutine (the system call
+	// alone), for Adopt; its events are held until then.
+	Watch(dir string) (wd int32, err error)
+	// Adopt records a watch made by Watch, and returns the changes held
+	// for it meanwhile.
+	Adopt(dir string, wd int32) []notify.DirChange
 	Remove(dir string)
 	Read() (changes []notify.DirChange, overflow bool, err error)
 	Close() error

@@ -62,33 +62,53 @@ func (g *Guard) register(c *cg) {
 	c.registering = true
 	g.inFlight++
 	r := &registration{c: c, limit: c.limit, threshold: g.cfg.Threshold(c.limit), early: g.cfg.EarlyThreshold(c.limit), full: !c.guarded()}
-	if !g.registrarsOn {
-		g.registrarsOn = true
-		for i := 0; i < g.cfg.Registrars; i++ {
-			g.regs.Add(1)
-			go func() {
-				defer g.regs.Done()
-				g.registrar()
-			}()
-		}
-	}
-	g.regQueue.push(r)
+	g.startRegistrars()
+	g.regQueue.push(work{r: r})
 }
 
-// regQueue is the registrations waiting for a registrar. A goroutine for
+// startRegistrars starts the registrars, at the first work for them.
+func (g *Guard) startRegistrars() {
+	if g.registrarsOn {
+		return
+	}
+	g.registrarsOn = true
+	for i := 0; i < g.cfg.Registrars; i++ {
+		g.regs.Add(1)
+		go func() {
+			defer g.regs.Done()
+			g.registrar()
+		}()
+	}
+}
+
+// work is one registration or one reading (readings.go).
+type work struct {
+	r  *registration
+	rd *reading
+}
+
+// regQueue is the registrations and readings waiting for a registrar. A goroutine for
 // each, waiting its turn, would cost its stack meanwhile: thousands of
 // them at a start or in a burst of new cgroups (measured: the guard over
 // 5,000 cgroups in a 60 MiB cgroup was OOM-killed by a burst of 1,000).
 // The loop only appends under the lock, a registrar only takes.
 type regQueue struct {
-	mu      sync.Mutex
-	waiting []*registration
-	more    chan struct{} // holds a token once something was queued
+	mu sync.Mutex
+	// The registrations go first: a reading is a few system calls, a
+	// registration a grace period, and with ten thousand readings
+	// queued at the start the limited cgroups' registrations, queued as
+	// their readings are taken in, would wait for all of them.
+	waiting, readings []work
+	more              chan struct{} // holds a token once something was queued
 }
 
-func (q *regQueue) push(r *registration) {
+func (q *regQueue) push(w work) {
 	q.mu.Lock()
-	q.waiting = append(q.waiting, r)
+	if w.rd != nil {
+		q.readings = append(q.readings, w)
+	} else {
+		q.waiting = append(q.waiting, w)
+	}
 	q.mu.Unlock()
 	select {
 	case q.more <- struct{}{}:
@@ -96,29 +116,37 @@ func (q *regQueue) push(r *registration) {
 	}
 }
 
-// pop takes the oldest registration waiting; nil if none.
-func (q *regQueue) pop() *registration {
+// pop takes the oldest registration waiting, else the oldest reading;
+// false if none.
+func (q *regQueue) pop() (work, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.waiting) == 0 {
-		return nil
+	if w, ok := popFirst(&q.waiting); ok {
+		return w, true
 	}
-	r := q.waiting[0]
-	q.waiting[0] = nil
-	q.waiting = q.waiting[1:]
-	if len(q.waiting) == 0 {
-		q.waiting = nil // the array a burst grew goes
-	}
-	return r
+	return popFirst(&q.readings)
 }
 
-// registrar makes the registrations queued, one at a time, until quit.
-// It takes from the queue before it waits, so a token taken by another
-// never leaves a registration behind.
+func popFirst(ws *[]work) (work, bool) {
+	if len(*ws) == 0 {
+		return work{}, false
+	}
+	w := (*ws)[0]
+	(*ws)[0] = work{}
+	*ws = (*ws)[1:]
+	if len(*ws) == 0 {
+		*ws = nil // the array a burst grew goes
+	}
+	return w, true
+}
+
+// registrar makes the registrations and readings queued, one at a time,
+// until quit. It takes from the queue before it waits, so a token taken
+// by another never leaves one behind.
 func (g *Guard) registrar() {
 	for {
-		r := g.regQueue.pop()
-		if r == nil {
+		w, ok := g.regQueue.pop()
+		if !ok {
 			select {
 			case <-g.regQueue.more:
 				continue
@@ -131,6 +159,17 @@ func (g *Guard) registrar() {
 			return // not made: nothing to close
 		default:
 		}
+		if w.rd != nil {
+			g.read(w.rd) // holds no fd after
+			select {
+			case g.readsDone <- w.rd:
+				g.poller.Wake()
+			case <-g.quit:
+				return
+			}
+			continue
+		}
+		r := w.r
 		g.makeWatches(r)
 		select {
 		case g.registered <- r:
@@ -268,7 +307,7 @@ func (g *Guard) sayOddLimit(c *cg, r *registration) {
 
 // logStarted says, once, when the cgroups found at the start are guarded.
 func (g *Guard) logStarted() {
-	if g.started.IsZero() || g.firstWalk || g.inFlight > 0 || len(g.changes) > 0 {
+	if g.started.IsZero() || g.firstWalk || g.inFlight > 0 || g.readsInFlight > 0 || len(g.changes) > 0 {
 		return
 	}
 	klog.Infof("guarding %d of %d cgroups under %s (%s, policy %s), ready %v after start",
@@ -289,6 +328,7 @@ func (g *Guard) stopRegistrations() {
 		select {
 		case r := <-g.registered:
 			r.close()
+		case <-g.readsDone: // holds no fd; its watches go with their instance
 		default:
 			return
 		}

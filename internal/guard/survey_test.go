@@ -73,12 +73,14 @@ func TestJournalKeepsTheShadow(t *testing.T) {
 	shadow := map[string]uint64{}
 	g.add("/a")
 	g.add("/b")
+	settleReads(t, g)
 	takeJournal(t, g, shadow)
 	if want := map[string]uint64{"/a": unl, "/b": fLimit}; !mapsEqual(shadow, want) {
 		t.Fatalf("shadow %v, want %v", shadow, want)
 	}
 	k.set(func() { k.cgroups["/a"].limit = fLimit })
 	g.refreshLimit(g.known["/a"])
+	settleReads(t, g)
 	g.forget(g.known["/b"])
 	takeJournal(t, g, shadow)
 	if want := map[string]uint64{"/a": fLimit}; !mapsEqual(shadow, want) {
@@ -225,6 +227,7 @@ func TestApplyHandedOverDifferences(t *testing.T) {
 				k.mkcg("/podx", unl, 0)
 				g.addTree("/pod")
 				g.add("/podx")
+				settleReads(t, g)
 			},
 			ch: change{removed, "/pod"},
 			check: func(t *testing.T, g *Guard, k *fakeKernel) {
@@ -246,6 +249,7 @@ func TestApplyHandedOverDifferences(t *testing.T) {
 			if len(g.changes) != 0 {
 				t.Fatalf("%d changes left", len(g.changes))
 			}
+			settleReads(t, g)
 			tc.check(t, g, k)
 		})
 	}
@@ -298,8 +302,12 @@ func TestChangesAppliedInBatches(t *testing.T) {
 	if len(g.known) != n || turns < n/changeBatch {
 		t.Fatalf("%d known after %d turns", len(g.known), turns)
 	}
+	if g.started.IsZero() && g.readsInFlight > 0 {
+		t.Error("started with readings under way")
+	}
+	settleReads(t, g)
 	if !g.started.IsZero() {
-		t.Error("not started once all were applied")
+		t.Error("not started once all were applied and read")
 	}
 }
 
@@ -315,6 +323,12 @@ type recWatcher struct {
 }
 
 func (w *recWatcher) Fd() int { return w.fd }
+func (w *recWatcher) has(dir string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Contains(w.watched, dir)
+}
+func (w *recWatcher) isClosed() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.closed }
 func (w *recWatcher) Add(dir string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -324,6 +338,13 @@ func (w *recWatcher) Add(dir string) error {
 	w.watched = append(w.watched, dir)
 	return nil
 }
+func (w *recWatcher) Watch(dir string) (int32, error) {
+	if err := w.Add(dir); err != nil {
+		return -1, err
+	}
+	return 1, nil
+}
+func (w *recWatcher) Adopt(string, int32) []notify.DirChange  { return nil }
 func (w *recWatcher) Remove(string)                           {}
 func (w *recWatcher) Read() ([]notify.DirChange, bool, error) { return nil, false, nil }
 func (w *recWatcher) Close() error                            { w.mu.Lock(); w.closed = true; w.mu.Unlock(); return nil }
@@ -354,6 +375,7 @@ func TestResetHandedOver(t *testing.T) {
 			k.mkcg("/b", unl, 0)
 			g.add("/")
 			g.add("/a")
+			settleReads(t, g)
 			// /a/x and /b are made while the old instance is not read:
 			// the reset's walk finds them.
 			fresh := &recWatcher{fd: 8, failOn: "/a/x", failErr: tc.failErr}

@@ -3,6 +3,7 @@ package notify
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -24,12 +25,31 @@ func (c DirChange) Modified() bool { return c.Mask&unix.IN_MODIFY != 0 }
 
 // Inotify watches cgroup directories for sub-cgroups created and removed and
 // for writes to their files (a new limit is a write to the limit file).
+//
+// Its methods belong to one goroutine, but Watch: inotify_add_watch on a
+// cgroup directory can wait in the kernel for milliseconds (3-25 ms
+// measured under load), so another goroutine may make a watch with Watch
+// and the owner Adopt it. Events of a watch made but not yet adopted are
+// held until it is (or until the kernel drops the watch), so none that
+// comes between the two is lost.
 type Inotify struct {
 	fd    int
 	byWd  map[int32]string
 	byDir map[string]int32
 	buf   []byte
+	held  []heldEvent // of watches not adopted yet
 }
+
+// heldEvent is an event of a watch not adopted yet.
+type heldEvent struct {
+	wd   int32
+	name string
+	mask uint32
+}
+
+// maxHeld bounds the events held for watches not adopted: beyond, Read
+// says overflow, as the kernel does when its queue is full.
+const maxHeld = 4096
 
 const dirMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
 	unix.IN_MODIFY | unix.IN_DELETE_SELF | unix.IN_ONLYDIR
@@ -53,6 +73,39 @@ func (n *Inotify) Add(dir string) error {
 	n.byWd[int32(wd)] = dir
 	n.byDir[dir] = int32(wd)
 	return nil
+}
+
+// Watch makes a watch on dir, an absolute path, and returns its
+// descriptor for Adopt. It is the system call alone: safe from any
+// goroutine while the Inotify is open.
+func (n *Inotify) Watch(dir string) (int32, error) {
+	wd, err := unix.InotifyAddWatch(n.fd, dir, dirMask)
+	if err != nil {
+		return -1, fmt.Errorf("inotify watch %s: %w", dir, err)
+	}
+	return int32(wd), nil
+}
+
+// Adopt records a watch made by Watch as dir's, and returns the changes
+// held for it since it was made.
+func (n *Inotify) Adopt(dir string, wd int32) []DirChange {
+	n.byWd[wd] = dir
+	n.byDir[dir] = wd
+	var out []DirChange
+	kept := n.held[:0]
+	for _, h := range n.held {
+		if h.wd == wd {
+			out = append(out, DirChange{Dir: dir, Name: h.name, Mask: h.mask})
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	clear(n.held[len(kept):])
+	n.held = kept
+	if len(n.held) == 0 {
+		n.held = nil
+	}
+	return out
 }
 
 // Remove stops watching dir; a dir that is already gone is no error.
@@ -96,6 +149,7 @@ func (n *Inotify) Read() (changes []DirChange, overflow bool, err error) {
 			}
 			dir, ok := n.byWd[ev.Wd]
 			if !ok {
+				overflow = n.hold(ev.Wd, name, ev.Mask) || overflow
 				continue
 			}
 			if ev.Mask&unix.IN_IGNORED != 0 {
@@ -108,6 +162,22 @@ func (n *Inotify) Read() (changes []DirChange, overflow bool, err error) {
 			changes = append(changes, DirChange{Dir: dir, Name: name, Mask: ev.Mask})
 		}
 	}
+}
+
+// hold keeps an event of a watch not adopted (yet): made by Watch, or
+// already removed, whose events the kernel may still have queued. A watch
+// the kernel dropped (IN_IGNORED) takes its held events with it. It says
+// whether the event was dropped for want of room.
+func (n *Inotify) hold(wd int32, name string, mask uint32) bool {
+	if mask&unix.IN_IGNORED != 0 {
+		n.held = slices.DeleteFunc(n.held, func(h heldEvent) bool { return h.wd == wd })
+		return false
+	}
+	if len(n.held) >= maxHeld {
+		return true
+	}
+	n.held = append(n.held, heldEvent{wd, name, mask})
+	return false
 }
 
 func (n *Inotify) Drain() error { _, _, err := n.Read(); return err }

@@ -223,3 +223,49 @@ func TestV1ThresholdLag(t *testing.T) {
 		}
 	}
 }
+
+// A watch made off the owner's goroutine (Watch) and adopted later loses
+// none of its events: those that came between the two are held and handed
+// over by Adopt.
+func TestInotifyHoldsEventsUntilAdopted(t *testing.T) {
+	cg := testenv.NewCgroup(t)
+	in, err := notify.NewInotify()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	rel := cg.Child(t, "pod", 0)
+	dir := cg.Mem.Path(rel, "")
+	wd, err := in.Watch(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := cg.Child(t, "pod/c1", 0)
+	cg.SetLimit(t, rel, 48<<20)
+	time.Sleep(10 * time.Millisecond)
+	changes, overflow, err := in.Read()
+	if err != nil || overflow || len(changes) != 0 {
+		t.Fatalf("before Adopt: changes %v, overflow %v, err %v; want none held back", changes, overflow, err)
+	}
+	held := in.Adopt(dir, wd)
+	var created, written bool
+	for _, c := range held {
+		if c.Dir != dir {
+			t.Errorf("held change in %s, want %s", c.Dir, dir)
+		}
+		created = created || c.Created() && c.IsDir() && c.Name == "c1"
+		written = written || c.Modified() && c.Name == "memory.limit_in_bytes"
+	}
+	if !created || !written {
+		t.Fatalf("Adopt handed over %v: want c1's creation and the limit's write", held)
+	}
+	// Adopted: the next events come by Read.
+	if err := cg.Mem.Rmdir(child); err != nil {
+		t.Fatal(err)
+	}
+	p := newPoller(t)
+	if err := p.Add(in.Fd()); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, p, in, func(c notify.DirChange) bool { return c.Removed() && c.Name == "c1" && c.Dir == dir })
+}
