@@ -131,6 +131,13 @@ func stallRow(h hierarchy, top string, n, runs int, out io.Writer) error {
 // the threshold, resets the guard's inotify watches: the crossing comes
 // while the reset is under way. It says who killed the hog.
 func raceDuringReset(h hierarchy, g *guard.Guard, rel string, limit uint64, reset bool, guarded int64, col *collector, arm *armed) (string, error) {
+	// The last race's cgroup let go of first: while it still counts,
+	// guarded+1 below would not wait for this one's registration, and the
+	// race would start unguarded (a reset's walk can take seconds to see
+	// a removal).
+	if err := arm.wait(guarded); err != nil {
+		return "", err
+	}
 	if err := h.mkLimited(rel, limit); err != nil {
 		return "", err
 	}
