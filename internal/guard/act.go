@@ -131,12 +131,12 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 		if !g.permanentKillFailure(c, err) {
 			klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, who.Pid, who.Comm, err)
 		}
-		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+		g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
 		return
 	}
 	if sent.IsZero() { // noop: nothing killed, the bound alone
 		c.lastAction = g.clock.Now()
-		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+		g.setRecheck(c, c.lastAction.Add(g.cfg.GuardInterval))
 	} else {
 		klog.V(3).Infof("cgroup %s: killed pid %d (%s), oom_score %d, usage %s", c.rel, who.Pid, who.Comm, who.OOMScore, bytesMiB(usage))
 		g.coolDown(c, victim, usage)

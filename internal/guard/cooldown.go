@@ -27,18 +27,18 @@ func (g *Guard) coolDown(c *cg, victim Victim, usage uint64) {
 	g.endCooldown(c)
 	c.killUsage = usage
 	c.lastAction = g.clock.Now()
-	c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+	g.setRecheck(c, c.lastAction.Add(g.cfg.GuardInterval))
 	c.victim = victim.Inspected()
 	fd, err := victim.ExitFd()
 	if err != nil {
 		// No pidfd (a kernel before 5.3, a lack of fds): each look asks
 		// /proc, and the cooldown's end is looked for every recheck.
-		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+		g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
 		return
 	}
 	if err := g.poller.Add(fd); err != nil {
 		unix.Close(fd)
-		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+		g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
 		return
 	}
 	c.victimFd, c.victimWatch = fd, true
@@ -67,7 +67,7 @@ func (g *Guard) victimGone(c *cg) bool {
 func (g *Guard) victimExited(c *cg, notified time.Time) {
 	klog.V(4).Infof("cgroup %s: victim pid %d exited %v after the kill", c.rel, c.victim.Pid, notified.Sub(c.lastAction).Round(time.Microsecond))
 	g.endCooldown(c)
-	c.recheckAt = notified.Add(g.cfg.RecheckInterval)
+	g.setRecheck(c, notified.Add(g.cfg.RecheckInterval))
 }
 
 // endCooldown ends c's cooldown, if any: its victim is gone, or no longer

@@ -151,6 +151,7 @@ func (g *Guard) forget(c *cg) {
 	g.dropRetry(c)
 	g.inotify.Remove(g.absPath(c.rel))
 	delete(g.known, c.rel)
+	delete(g.timed, c)
 	if p := path.Dir(c.rel); g.parents[p] > 1 {
 		g.parents[p]--
 	} else {

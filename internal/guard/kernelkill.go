@@ -28,7 +28,7 @@ func (g *Guard) onKernelOOM(c *cg, notified time.Time) {
 		c.oomSeen[k.Pid] = k.StartTime
 	}
 	c.oomChecks = 0
-	c.oomCheckAt = notified.Add(oomCheckDelays[0])
+	g.setOOMCheck(c, notified.Add(oomCheckDelays[0]))
 }
 
 // oomCheckDelays are when, after the kernel's OOM notification, the kill
@@ -105,7 +105,7 @@ func (g *Guard) countKernelKills(c *cg) {
 	g.reportGroupKills(c, lastCheck)
 	if (waiting || !counted) && !lastCheck {
 		c.oomChecks++
-		c.oomCheckAt = g.clock.Now().Add(oomCheckDelays[c.oomChecks] - oomCheckDelays[c.oomChecks-1])
+		g.setOOMCheck(c, g.clock.Now().Add(oomCheckDelays[c.oomChecks]-oomCheckDelays[c.oomChecks-1]))
 		return
 	}
 	c.seen, c.oomSeen = nil, nil

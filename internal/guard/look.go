@@ -48,10 +48,10 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		return
 	case Cooling:
 		klog.V(4).Infof("cgroup %s: usage %s above threshold %s: cooling down after the kill of pid %d", c.rel, bytesMiB(usage), bytesMiB(c.threshold), c.victim.Pid)
-		c.recheckAt = c.lastAction.Add(g.cfg.GuardInterval)
+		g.setRecheck(c, c.lastAction.Add(g.cfg.GuardInterval))
 		if c.victim.Pid != 0 && !c.victimWatch {
 			// No pidfd to say when the victim is gone: ask /proc soon.
-			c.recheckAt = minTime(c.recheckAt, g.clock.Now().Add(g.cfg.RecheckInterval))
+			g.setRecheck(c, minTime(c.recheckAt, g.clock.Now().Add(g.cfg.RecheckInterval)))
 		}
 		return
 	}
@@ -61,12 +61,12 @@ func (g *Guard) look(c *cg, notified time.Time) {
 		// not grown since the kill: the same overshoot, still draining
 		// (tens of milliseconds under emulation). A kill now would be a
 		// second one for it; growth beyond it is a new spike.
-		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+		g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
 		return
 	}
 	g.endCooldown(c) // acting: the bound has passed
 	if c.killingRest.Load() {
-		c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+		g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
 		return
 	}
 	c.episode = true
@@ -189,7 +189,7 @@ func (g *Guard) nothingToKill(c *cg, usage uint64, why string) {
 			c.rel, bytesMiB(usage), bytesMiB(c.threshold), why, stuckMax)
 	}
 	c.stuck++
-	c.recheckAt = g.clock.Now().Add(min(g.cfg.RecheckInterval<<min(c.stuck-1, 16), stuckMax))
+	g.setRecheck(c, g.clock.Now().Add(min(g.cfg.RecheckInterval<<min(c.stuck-1, 16), stuckMax)))
 }
 
 // stuckMax bounds the back-off of a cgroup with nothing to kill: a process
@@ -234,7 +234,7 @@ func (g *Guard) standDown(c *cg, usage uint64, stat cgroup.Stat) {
 		default:
 		}
 	}
-	c.recheckAt = g.clock.Now().Add(g.cfg.RecheckInterval)
+	g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
 }
 
 // reclaimer runs reclaim requests one at a time, each bounded by

@@ -272,7 +272,7 @@ func (g *Guard) installGuard(c *cg, r *registration) bool {
 	g.sayOddLimit(c, r)
 	// The kernel signals crossings only: a cgroup already above its new
 	// threshold would never be noticed, so look at it now.
-	c.recheckAt = g.clock.Now()
+	g.setRecheck(c, g.clock.Now())
 	return true
 }
 
@@ -292,7 +292,7 @@ func (g *Guard) installRearm(c *cg, r *registration) bool {
 	g.setSoftLimit(c)
 	klog.V(2).Infof("cgroup %s: limit now %s, threshold moved to %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
 	g.sayOddLimit(c, r)
-	c.recheckAt = g.clock.Now()
+	g.setRecheck(c, g.clock.Now())
 	return true
 }
 
