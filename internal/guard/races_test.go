@@ -261,6 +261,10 @@ func stormRound(t *testing.T) uint64 {
 // the process the kernel would kill now, the one still growing, is.
 func TestVictimLeavesBeforeTheKill(t *testing.T) {
 	cfg := testConfig()
+	// The early threshold 8 MiB below the threshold (53.5 and 61.5 MiB),
+	// not 3.2: a throttled step of the big process below is 1 to 3 MiB
+	// (3.2 MiB once, on a fast idle machine: all three tries overshot).
+	cfg.ReclaimableRatio, cfg.PrepareAhead = 0, 8<<20
 	early, threshold := onV1(cfg).EarlyThreshold(64<<20), onV1(cfg).Threshold(64<<20)
 	mem, _ := cgroup.Open(testenv.V1MemoryRoot)
 	for try := 1; ; try++ {
@@ -270,12 +274,11 @@ func TestVictimLeavesBeforeTheKill(t *testing.T) {
 		out := cg.Child(t, "out", 0)
 		sink := startGuard(t, &testenv.Cgroup{Mem: cg.Mem, Rel: inner}, cfg)
 		usage := func() uint64 { u, _ := mem.Usage(rel); return u }
-		// The big one grows past the early threshold (59.5 MiB), where the
-		// guard makes its kill ready, and is stopped short of the
-		// threshold (62.7 MiB).
+		// The big one grows past the early threshold, where the guard
+		// makes its kill ready, and is stopped short of the threshold.
 		// It runs throttled, and from 6 MiB below the early threshold at
-		// 1 ms of CPU every 200 ms (about 1 MiB a step), so that the test
-		// can stop it in that 3.2 MiB window.
+		// 1 ms of CPU every 200 ms (1 to 3 MiB a step), so that the test
+		// can stop it in that 8 MiB window.
 		slow := slowCPU(t)
 		big := testenv.HogCommand(testenv.HogSpec{MiB: 0})
 		big.Env = append(big.Env, "GOMAXPROCS=1")
