@@ -39,10 +39,7 @@ func lagRow(h hierarchy, top string, n int, out io.Writer) error {
 	var hogs []*exec.Cmd
 	var gates []*os.File
 	defer func() {
-		for _, c := range hogs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
+		killAll(hogs)
 		for efd, ufd := range usageFds {
 			unix.Close(efd)
 			unix.Close(ufd)
@@ -89,6 +86,14 @@ func lagRow(h hierarchy, top string, n int, out io.Writer) error {
 	fmt.Fprintln(out, "|---|---|---|---|---|")
 	fmt.Fprintf(out, "| %d of %d | %s | %s | %s | %d KiB |\n", len(past), n, at(0.5), at(0.99), at(1), notify.V1ThresholdLag(2)>>10)
 	return nil
+}
+
+// killAll kills and reaps the workloads a row started.
+func killAll(hogs []*exec.Cmd) {
+	for _, c := range hogs {
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
 }
 
 // gatedHog starts a process growing without end in rel, held until its

@@ -158,12 +158,7 @@ func stormRow(h hierarchy, top string, n int, out io.Writer) error {
 	}
 	var hogs []*exec.Cmd
 	var gates []*os.File
-	defer func() {
-		for _, c := range hogs {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-	}()
+	defer func() { killAll(hogs) }() // hogs is nil once they all ended
 	for _, rel := range rels {
 		c, gate, err := gatedHog(h, rel)
 		if err != nil {
