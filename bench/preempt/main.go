@@ -32,6 +32,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -285,6 +286,7 @@ func run(h hierarchy, c config, out io.Writer) error {
 		return err
 	}
 	defer removeTree(h.mount, top)
+	defer cleanUpOnSignal(h.mount, top)()
 	mechs := c.Mechanisms
 	if h.version == "v1" || len(mechs) == 0 {
 		mechs = []string{"eventfd"}
@@ -555,6 +557,26 @@ func statusKB(pid int, key string) uint64 {
 		}
 	}
 	return 0
+}
+
+// cleanUpOnSignal removes top (every process the bench started in it
+// killed) if the bench is interrupted or terminated, and exits: a respawning
+// workload's supervisor would otherwise live on in an unguarded cgroup.
+// The returned function ends the watch.
+func cleanUpOnSignal(root *cgroup.FS, top string) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			fmt.Fprintf(os.Stderr, "%v: removing %s\n", sig, top)
+			removeTree(root, top)
+			os.Exit(1)
+		case <-done:
+		}
+	}()
+	return func() { signal.Stop(sigs); close(done) }
 }
 
 // removeTree kills what the bench left in rel and removes it.

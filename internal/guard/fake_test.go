@@ -43,6 +43,10 @@ type fakeKernel struct {
 	// "watch:/rel" waits until its channel is closed (a system call
 	// that waits in the kernel).
 	gates map[string]chan struct{}
+	// The loop's CPU (LoopPlacer): loopCPU, -1 for anywhere; followErr is
+	// what Follow answers.
+	loopCPU   int
+	followErr error
 }
 
 // gate makes the kernel's what (as in gates) wait until the returned
@@ -77,16 +81,28 @@ type fakeProc struct {
 
 func newFakeKernel(t *testing.T) *fakeKernel {
 	return &fakeKernel{t: t, root: t.TempDir(), now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC),
-		cgroups: map[string]*fakeCgroup{}, procs: map[int]*fakeProc{}, nextFd: 1000, polled: map[int]bool{}, killErrs: map[int]error{}, gates: map[string]chan struct{}{}}
+		cgroups: map[string]*fakeCgroup{}, procs: map[int]*fakeProc{}, nextFd: 1000, polled: map[int]bool{}, killErrs: map[int]error{}, gates: map[string]chan struct{}{}, loopCPU: -1}
 }
 
 func (k *fakeKernel) kernel() Kernel {
 	return Kernel{
 		Mem: fakeMem{k, &cgroup.FS{Root: k.root}}, Notifier: fakeNotifier{k}, Killer: fakeKiller{k},
 		NewPoller: func() (Poller, error) { return fakePoller{k}, nil }, NewWatcher: func() (DirWatcher, error) { return &fakeWatcher{k}, nil },
-		Clock: k,
+		Clock: k, Placer: k,
 	}
 }
+
+func (k *fakeKernel) Follow(cpu int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.followErr != nil {
+		return k.followErr
+	}
+	k.loopCPU = cpu
+	return nil
+}
+
+func (k *fakeKernel) Release() error { k.set(func() { k.loopCPU = -1 }); return nil }
 
 func (k *fakeKernel) Now() time.Time { k.mu.Lock(); defer k.mu.Unlock(); return k.now }
 

@@ -95,6 +95,7 @@ type Guard struct {
 	notifier Notifier
 	killer   Killer
 	clock    Clock
+	placer   LoopPlacer
 	reporter Reporter
 	metrics  Metrics
 	self     int
@@ -107,6 +108,12 @@ type Guard struct {
 	guarded int
 	// withFiles is how many cgroups have their Files open (files.go).
 	withFiles int
+	// preps is the cgroups with a kill prepared; the loop sleeps on the
+	// CPU of the one victim, if there is one (affinity.go): placedOn, -1
+	// for anywhere.
+	preps       map[*cg]struct{}
+	placedOn    int
+	placeFailed bool
 
 	// Registrations off the loop (register.go).
 	registered     chan *registration
@@ -192,7 +199,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		cfg.Registrars = registrars
 	}
 	return &Guard{
-		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock,
+		cfg: cfg, kernel: kern, mem: kern.Mem, notifier: kern.Notifier, killer: kern.Killer, clock: kern.Clock, placer: kern.Placer, placedOn: -1, preps: map[*cg]struct{}{},
 		reporter: r, metrics: m, self: os.Getpid(), quit: make(chan struct{}),
 		known: map[string]*cg{}, byFd: map[int]*cg{}, retrying: map[*cg]struct{}{}, timed: map[*cg]struct{}{}, groupKills: map[string]*groupKill{},
 		parents: map[string]int{}, journal: map[string]entry{}, journalAsk: make(chan struct{}, 1), journals: make(chan map[string]entry, 1),
@@ -219,6 +226,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	// happen here, without a hand-off between threads on the hot path.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	defer g.unplaceLoop() // the thread goes back to Go's pool as it came
 	defer useRealtime(g.cfg.RealtimePriority)()
 	defer g.done.Store(true)
 
@@ -301,6 +309,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		g.takeHandovers()
 		g.applyChanges()
 		g.runTimers(g.clock.Now())
+		g.placeLoop()
 	}
 }
 
@@ -468,6 +477,9 @@ func (g *Guard) nextTimeout(now time.Time) time.Duration {
 		if !c.retryAt.IsZero() && c.retryAt.Before(next) {
 			next = c.retryAt
 		}
+	}
+	if t := g.placedUntil(); !t.IsZero() && t.Before(next) {
+		next = t
 	}
 	return max(next.Sub(now), 0)
 }

@@ -18,6 +18,7 @@ type Kernel struct {
 	NewPoller  func() (Poller, error)
 	NewWatcher func() (DirWatcher, error)
 	Clock      Clock
+	Placer     LoopPlacer // nil: the loop sleeps wherever the scheduler puts it
 }
 
 // ProcessKiller is what kill.Killer and kill.ViaRuntime offer; its Open
@@ -51,7 +52,8 @@ func RealKernel(mem cgroup.Memory, n Notifier, k ProcessKiller) Kernel {
 			}
 			return in, nil
 		},
-		Clock: wallClock{},
+		Clock:  wallClock{},
+		Placer: &threadPlacer{},
 	}
 }
 

@@ -85,6 +85,7 @@ func (g *Guard) prepare(c *cg, usage uint64) {
 		return
 	}
 	c.prep = &prepared{at: g.clock.Now(), usage: usage, reclaimable: stat.Reclaimable, statText: stat.Text, target: target}
+	g.preps[c] = struct{}{}
 	klog.V(4).Infof("cgroup %s: usage %s above early threshold %s: victim pid %d (%s) ready in %v",
 		c.rel, bytesMiB(usage), bytesMiB(c.early), best.Pid, best.Comm, time.Since(start).Round(time.Microsecond))
 }
@@ -108,6 +109,7 @@ func (g *Guard) dropPrep(c *cg) {
 			c.prep.target.Close()
 		}
 		c.prep = nil
+		delete(g.preps, c)
 	}
 }
 

@@ -71,8 +71,10 @@ func respawnRound(t *testing.T) (float64, bool) {
 	sink, stop := runGuard(t, cg, testConfig())
 	defer stop()
 	sup := supervisor(t)
+	steal := testenv.StartSteal()
 	cg.Start(t, rel, sup)
 	time.Sleep(20 * time.Second)
+	stolen := steal.Share()
 	if err := sup.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("the supervisor died: %v", err)
 	}
@@ -95,7 +97,7 @@ func respawnRound(t *testing.T) (float64, bool) {
 			byKernel[p.Pid]++
 		}
 	}
-	t.Logf("20 s of respawning workers: guard kills %d, kernel kills %d (%d CgroupOOM events)", len(byGuard), kernel, len(cgroupOOMs))
+	t.Logf("20 s of respawning workers: guard kills %d, kernel kills %d (%d CgroupOOM events); CPU time stolen by the host %s", len(byGuard), kernel, len(cgroupOOMs), stolen)
 	if byKernel[sup.Process.Pid] > 0 {
 		t.Errorf("the kernel killed the supervisor")
 	}
@@ -124,9 +126,13 @@ func respawnRound(t *testing.T) (float64, bool) {
 		t.Errorf("only %d workers killed in 20 s", len(byGuard))
 	}
 	total := uint64(len(byGuard)) + kernel
-	// Not yet the 0 issue 12 asks: bench/preempt's respawn row gives 0 of
-	// 400 here, but this test on a CI machine 2 to 7% (with a pidfd, and
-	// 3 to 4% on the 3.10 surface), a cause not yet found. What it must
+	// Not yet the 0 issue 12 asks, where the host takes CPU time from
+	// this virtual machine: a crossing's wake-up sent to the loop on the
+	// other virtual CPU waited up to 8.8 ms for the host to run it
+	// (ftrace; guard/affinity.go), and every race the kernel won was of
+	// that kind. The loop now sleeps on its prepared victim's CPU, which
+	// left 0-1% here where 1-21% were lost before; what remains comes with
+	// the host's steal, which the log line gives. What this bound must
 	// see gone is the third to half of the kills the kernel took while the
 	// cgroup was left unguarded after each kill.
 	share := 100 * float64(kernel) / float64(max(total, 1))

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"runtime"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -177,5 +179,49 @@ func TestAliveSeesZombie(t *testing.T) {
 	}
 	if _, err := os.Stat("/proc/" + itoa(cmd.Process.Pid)); err != nil {
 		t.Fatalf("the zombie was reaped already (%v): the test proves nothing", err)
+	}
+}
+
+// Inspect tells the CPU a process last ran on and its scheduling policy,
+// which the guard's loop uses to sleep where the victim's next page fault
+// will wake it (guard/affinity.go): a process pinned to one CPU reads as
+// on it; one started under SCHED_FIFO as real-time, a normal one not.
+func TestInspectReadsCPUAndPolicy(t *testing.T) {
+	testenv.RequireRoot(t)
+	cpu := runtime.NumCPU() - 1
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		realTime bool
+	}{
+		{"normal", []string{"taskset", "-c", strconv.Itoa(cpu), "sleep", "30"}, false},
+		{"SCHED_FIFO", []string{"chrt", "-f", "1", "taskset", "-c", strconv.Itoa(cpu), "sleep", "30"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, err := exec.LookPath(tc.args[0])
+			if err != nil {
+				testenv.Skip(t, tc.args[0]+" not installed")
+			}
+			cmd := exec.Command(path, tc.args[1:]...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+			var c kill.Candidate
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if c, err = (kill.Proc{}).Inspect(cmd.Process.Pid, 1<<20); err == nil && c.Comm == "sleep" || time.Now().After(deadline) {
+					break // exec'd through chrt and taskset
+				}
+			}
+			if err != nil || c.Comm != "sleep" {
+				t.Fatalf("inspect: %+v, %v", c, err)
+			}
+			if c.CPU != cpu {
+				t.Errorf("pinned to CPU %d, read as on CPU %d", cpu, c.CPU)
+			}
+			if c.RealTime() != tc.realTime {
+				t.Errorf("policy %d: real-time %v, want %v", c.Policy, c.RealTime(), tc.realTime)
+			}
+		})
 	}
 }

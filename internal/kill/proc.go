@@ -36,10 +36,22 @@ type Candidate struct {
 	OOMScore int
 	Status   Status
 	Cgroup   string // the cgroup (relative path) the process was found in
+	// CPU is the CPU it last ran on (/proc/PID/stat field 39, "processor");
+	// -1 if the kernel did not say.
+	CPU int
+	// Policy is its scheduling policy (field 41): unix.SCHED_OTHER,
+	// SCHED_FIFO and so on.
+	Policy int
 	// Dying: killed (SIGKILL pending, exiting of it, exit code SIGKILL),
 	// exiting or a zombie when inspected. It is never chosen (Choose):
 	// its memory is on its way back already.
 	Dying bool
+}
+
+// RealTime tells whether c runs under a real-time policy (SCHED_FIFO, RR or
+// DEADLINE), which a wake-up of the guard's loop does not preempt.
+func (c Candidate) RealTime() bool {
+	return c.Policy == unix.SCHED_FIFO || c.Policy == unix.SCHED_RR || c.Policy == unix.SCHED_DEADLINE
 }
 
 // Process is c as an event names it; cgroup is the absolute path of c's
@@ -131,6 +143,13 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 		return c, fmt.Errorf("%s: %w", p.path(pid, "stat"), err)
 	}
 	c.Dying = statDying(data) || killedExiting(data)
+	c.CPU = -1
+	if cpu, ok := statUint(data, 39); ok && cpu < 1<<20 {
+		c.CPU = int(cpu)
+	}
+	if policy, ok := statUint(data, 41); ok && policy < 1<<10 {
+		c.Policy = int(policy)
+	}
 	if data, err = p.read(pid, "oom_score_adj", buf[:]); err != nil {
 		return c, err
 	}
