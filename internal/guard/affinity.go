@@ -27,9 +27,12 @@ import (
 // meanwhile leaves the loop no worse off than before. With many cgroups
 // near their limits at once (a storm) no one CPU serves them all, and
 // moving the loop at each turn would only add migrations.
-// A real-time victim is not followed: the loop's wake-up would not
-// preempt it, and a CPU busy with real-time work could hold the loop off
-// for as long as it lasts, where unpinned it would be woken on another.
+// Only a victim with one thread is followed: the kernel tells the CPU of
+// a process's first thread, and in a Go or Java process the thread that
+// allocates is seldom that one. A real-time victim is not followed
+// either: the loop's wake-up would not preempt it, and a CPU busy with
+// real-time work could hold the loop off for as long as it lasts, where
+// unpinned it would be woken on another.
 // Nor is a preparation past PrepareMaxAge: the loop is pinned only for as
 // long as the victim is the one it would kill.
 
@@ -80,10 +83,13 @@ func (g *Guard) loopCPUWanted(now time.Time) int {
 	}
 	for c := range g.preps {
 		p := c.prep
-		if p.target == nil || now.Sub(p.at) > g.cfg.PrepareMaxAge || p.target.Inspected().RealTime() {
+		if p.target == nil || now.Sub(p.at) > g.cfg.PrepareMaxAge {
 			return -1
 		}
-		return p.target.Inspected().CPU
+		if v := p.target.Inspected(); v.Threads == 1 && !v.RealTime() {
+			return v.CPU
+		}
+		return -1
 	}
 	return -1
 }

@@ -64,6 +64,13 @@ func TestLoopFollowsTheOnePreparedVictim(t *testing.T) {
 				return []int{first, turnEnd(g, k)}
 			},
 			want: []int{3, -1}},
+		{name: "a victim with more than one thread is not followed",
+			run: func(g *Guard, k *fakeKernel, a, b *cg) []int {
+				k.set(func() { k.procs[100].Threads = 12 })
+				prepareAt(g, k, a, 95*mib)
+				return []int{turnEnd(g, k)}
+			},
+			want: []int{-1}},
 		{name: "a real-time victim is not followed",
 			run: func(g *Guard, k *fakeKernel, a, b *cg) []int {
 				k.set(func() { k.procs[100].Policy = 1 }) // SCHED_FIFO
@@ -94,7 +101,10 @@ func TestLoopFollowsTheOnePreparedVictim(t *testing.T) {
 			b := k.guardNew(g, "/b", fLimit, fBelow)
 			k.proc("/a", 100, 60<<10, 0)
 			k.proc("/b", 200, 60<<10, 0)
-			k.set(func() { k.procs[100].CPU, k.procs[200].CPU = 3, 1 })
+			k.set(func() {
+				k.procs[100].CPU, k.procs[200].CPU = 3, 1
+				k.procs[100].Threads, k.procs[200].Threads = 1, 1
+			})
 			if got := tc.run(g, k, a, b); !equal(got, tc.want) {
 				t.Errorf("the loop slept on CPUs %v, want %v", got, tc.want)
 			}

@@ -120,6 +120,7 @@ type Guard struct {
 	regQueue       regQueue // registrations waiting for a registrar
 	registrarsOn   bool     // the registrars run (started at the first registration)
 	regs           sync.WaitGroup
+	tokens         chan struct{}         // background work's share of the Go processors (processors.go)
 	killers        sync.WaitGroup        // container kills off the loop (act.go)
 	own            ownKills              // the guard's own recent kills (kernelkill.go)
 	groupKills     map[string]*groupKill // kernel group kills counted, not yet reported (kernelkill.go)
@@ -207,7 +208,7 @@ func NewOn(cfg Config, kern Kernel, r Reporter, m Metrics) (*Guard, error) {
 		resetWork: make(chan struct{}, 1), resets: make(chan reset, 1),
 		readsDone: make(chan *reading, cfg.Registrars), watchRefs: map[DirWatcher]int{}, retired: map[DirWatcher]struct{}{},
 		registered: make(chan *registration, cfg.Registrars), regQueue: regQueue{more: make(chan struct{}, 1)}, ready: make(chan struct{}),
-		reclaims: make(chan string, 64),
+		reclaims: make(chan string, 64), tokens: backgroundTokens(runtime.GOMAXPROCS(0)),
 	}, nil
 }
 
@@ -229,6 +230,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 	defer g.unplaceLoop() // the thread goes back to Go's pool as it came
 	defer useRealtime(g.cfg.RealtimePriority)()
 	defer g.done.Store(true)
+	defer reserveProcessor()()
 
 	var err error
 	if g.poller, err = g.kernel.NewPoller(); err != nil {

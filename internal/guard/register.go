@@ -160,7 +160,7 @@ func (g *Guard) registrar() {
 		default:
 		}
 		if w.rd != nil {
-			g.read(w.rd) // holds no fd after
+			g.inBackground(func() { g.read(w.rd) }) // holds no fd after
 			select {
 			case g.readsDone <- w.rd:
 				g.poller.Wake()

@@ -182,10 +182,11 @@ func TestAliveSeesZombie(t *testing.T) {
 	}
 }
 
-// Inspect tells the CPU a process last ran on and its scheduling policy,
-// which the guard's loop uses to sleep where the victim's next page fault
-// will wake it (guard/affinity.go): a process pinned to one CPU reads as
-// on it; one started under SCHED_FIFO as real-time, a normal one not.
+// Inspect tells the CPU a process last ran on, its threads and its
+// scheduling policy, which the guard's loop uses to sleep where the
+// victim's next page fault will wake it (guard/affinity.go): a process
+// pinned to one CPU reads as on it, with one thread; one started under
+// SCHED_FIFO as real-time, a normal one not.
 func TestInspectReadsCPUAndPolicy(t *testing.T) {
 	testenv.RequireRoot(t)
 	cpu := runtime.NumCPU() - 1
@@ -218,6 +219,9 @@ func TestInspectReadsCPUAndPolicy(t *testing.T) {
 			}
 			if c.CPU != cpu {
 				t.Errorf("pinned to CPU %d, read as on CPU %d", cpu, c.CPU)
+			}
+			if c.Threads != 1 {
+				t.Errorf("sleep has %d threads, read as %d", 1, c.Threads)
 			}
 			if c.RealTime() != tc.realTime {
 				t.Errorf("policy %d: real-time %v, want %v", c.Policy, c.RealTime(), tc.realTime)

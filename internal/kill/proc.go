@@ -42,6 +42,8 @@ type Candidate struct {
 	// Policy is its scheduling policy (field 41): unix.SCHED_OTHER,
 	// SCHED_FIFO and so on.
 	Policy int
+	// Threads is how many threads it has (field 20); CPU is the first's.
+	Threads int
 	// Dying: killed (SIGKILL pending, exiting of it, exit code SIGKILL),
 	// exiting or a zombie when inspected. It is never chosen (Choose):
 	// its memory is on its way back already.
@@ -149,6 +151,9 @@ func (p Proc) Inspect(pid int, limitKB uint64) (Candidate, error) {
 	}
 	if policy, ok := statUint(data, 41); ok && policy < 1<<10 {
 		c.Policy = int(policy)
+	}
+	if threads, ok := statUint(data, 20); ok && threads < 1<<30 {
+		c.Threads = int(threads)
 	}
 	if data, err = p.read(pid, "oom_score_adj", buf[:]); err != nil {
 		return c, err
