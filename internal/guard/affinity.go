@@ -82,14 +82,12 @@ func (g *Guard) loopCPUWanted(now time.Time) int {
 		return -1
 	}
 	for c := range g.preps {
-		p := c.prep
-		if p.target == nil || now.Sub(p.at) > g.cfg.PrepareMaxAge {
+		if now.Sub(c.prep.at) > g.cfg.PrepareMaxAge {
 			return -1
 		}
-		if v := p.target.Inspected(); v.Threads == 1 && !v.RealTime() {
+		if v := c.prep.target.Inspected(); v.Threads == 1 && !v.RealTime() {
 			return v.CPU
 		}
-		return -1
 	}
 	return -1
 }
