@@ -12,12 +12,18 @@ import (
 // many cgroups are guarded, so that a run starts once its cgroup is armed
 // (registering a cgroup's thresholds takes the kernel tens of
 // milliseconds; a run started sooner would time that, not the guard).
+//
+// It also counts hold waits: the races in which the task reached the limit
+// before the guard had killed and waited for its kill (--v1-hold-oom),
+// i.e. races the guard won only because the cgroup was held.
 type armed struct {
 	guard.NopMetrics
-	n atomic.Int64
+	n         atomic.Int64
+	holdWaits atomic.Int64
 }
 
 func (a *armed) SetGuarded(n int) { a.n.Store(int64(n)) }
+func (a *armed) HoldWait()        { a.holdWaits.Add(1) }
 
 // wait waits until n cgroups are guarded.
 func (a *armed) wait(n int64) error {

@@ -268,6 +268,7 @@ type row struct {
 	mechanism                                        string
 	limitMiB, threads, runs, guardKills, kernelKills int
 	other                                            int
+	holdWaits                                        int64 // runs won only because the cgroup was held (armed)
 	react                                            []time.Duration
 	overshoot                                        []uint64
 }
@@ -291,11 +292,17 @@ func run(h hierarchy, c config, out io.Writer) error {
 	if h.version == "v1" || len(mechs) == 0 {
 		mechs = []string{"eventfd"}
 	}
-	cfg := guard.DefaultConfig()
-	cfg.Policy = guard.PolicyProcess
+	cfg, removeState, err := killingConfig()
+	if err != nil {
+		return err
+	}
+	defer removeState()
 	var rows []row
 	var floor string
 	for _, mech := range mechs {
+		if c.Runs == 0 {
+			break // -runs 0: only the other rows
+		}
 		base := fmt.Sprintf("%s/mechanism-%s", top, strings.ReplaceAll(mech, "+", "-"))
 		if err := h.mkdir(base); err != nil {
 			return err
@@ -306,7 +313,9 @@ func run(h hierarchy, c config, out io.Writer) error {
 		}
 		rows, floor = append(rows, mr...), f
 	}
-	printTable(out, h, rows, cfg, floor)
+	if len(rows) > 0 {
+		printTable(out, h, rows, cfg, floor)
+	}
 	if c.Respawn > 0 {
 		if err := respawnRow(h, top, c.Respawn, out); err != nil {
 			return err
@@ -383,6 +392,7 @@ func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([
 		for _, th := range c.Threads {
 			r := row{mechanism: mech, limitMiB: lim, threads: th, runs: c.Runs}
 			col.reset()
+			waitsBefore := arm.holdWaits.Load()
 			for i := 0; i < c.Runs; i++ {
 				who, err := oneRun(h, fmt.Sprintf("%s/l%d-t%d-r%d", base, lim, th, i), uint64(lim)<<20, th, col, arm)
 				if err != nil {
@@ -399,6 +409,7 @@ func runMechanism(h hierarchy, base, mech string, cfg guard.Config, c config) ([
 					r.other++
 				}
 			}
+			r.holdWaits = arm.holdWaits.Load() - waitsBefore
 			col.mu.Lock()
 			r.react = append([]time.Duration(nil), col.react...)
 			r.overshoot = append([]uint64(nil), col.overshoot...)
@@ -475,8 +486,8 @@ func printTable(out io.Writer, h hierarchy, rows []row, cfg guard.Config, floor 
 	}
 	fmt.Fprintf(out, "\nPreemption on cgroup %s (%s), margins: ratio %.2f, min %d MiB%s, max %d MiB, policy process%s\n\n",
 		h.version, kernelRelease(), cfg.MarginRatio, cfg.MinMargin>>20, lag, cfg.MaxMargin>>20, floor)
-	fmt.Fprintln(out, "| mechanism | limit | threads | runs | guard kills | kernel kills | preemption | reaction p50 | reaction p99 | reaction max | overshoot p50 | overshoot max |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(out, "| mechanism | limit | threads | runs | guard kills | kernel kills | preemption | held at the limit | reaction p50 | reaction p99 | reaction max | overshoot p50 | overshoot max |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	surface := ""
 	if k := os.Getenv("OOMGUARD_OLDKERNEL"); k != "" {
 		surface = " (" + k + " surface)"
@@ -487,8 +498,8 @@ func printTable(out io.Writer, h hierarchy, rows []row, cfg guard.Config, floor 
 		if total > 0 {
 			rate = 100 * float64(r.guardKills) / float64(total)
 		}
-		fmt.Fprintf(out, "| %s | %d MiB | %d | %d | %d | %d | %.0f%% | %v | %v | %v | %s | %s |\n", r.mechanism+surface, r.limitMiB, r.threads, r.runs,
-			r.guardKills, r.kernelKills, rate, us(pct(r.react, 0.5)), us(pct(r.react, 0.99)), us(pct(r.react, 1)),
+		fmt.Fprintf(out, "| %s | %d MiB | %d | %d | %d | %d | %.0f%% | %d | %v | %v | %v | %s | %s |\n", r.mechanism+surface, r.limitMiB, r.threads, r.runs,
+			r.guardKills, r.kernelKills, rate, r.holdWaits, us(pct(r.react, 0.5)), us(pct(r.react, 0.99)), us(pct(r.react, 1)),
 			kib(pctU(r.overshoot, 0.5)), kib(pctU(r.overshoot, 1)))
 	}
 }

@@ -23,6 +23,9 @@ import (
 // storm: n cgroups of 64 MiB, one growing process in each (this binary's
 // hog), released at the same moment: kernel kills, pids the guard killed
 // twice, reaction p50/p99/max, and the time until every one is dead.
+//
+// Both print the hold waits (armed): the races the guard lost to the
+// limit and won only because the cgroup was held (--v1-hold-oom).
 
 // raceCollector counts the guard's kills by victim.
 type raceCollector struct {
@@ -55,20 +58,24 @@ func raceGuard(h hierarchy, base string) (*raceCollector, *armed, func() error, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	cfg := guard.DefaultConfig()
-	cfg.Policy = guard.PolicyProcess
+	cfg, removeState, err := killingConfig()
+	if err != nil {
+		parts.close()
+		return nil, nil, nil, err
+	}
 	col := &raceCollector{kills: map[int]int{}}
 	arm := &armed{}
 	g, err := guard.New(cfg, parts.mem, parts.notifier, parts.killer, col, arm)
 	if err != nil {
 		parts.close()
+		removeState()
 		return nil, nil, nil, err
 	}
 	g.Observe = col.observe
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	go func() { done <- g.Run(stop) }()
-	return col, arm, func() error { close(stop); err := <-done; parts.close(); return err }, nil
+	return col, arm, func() error { close(stop); err := <-done; parts.close(); removeState(); return err }, nil
 }
 
 func respawnRow(h hierarchy, top string, d time.Duration, out io.Writer) error {
@@ -123,15 +130,15 @@ func respawnRow(h hierarchy, top string, d time.Duration, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "\nRespawning workload on cgroup %s (%s): a prefork supervisor in one 64 MiB cgroup forks a worker allocating 1 GiB as soon as the last one dies, for %v (load average %s)\n\n",
 		h.version, kernelRelease(), d, loadAvg())
-	fmt.Fprintln(out, "| workers killed | by the guard | by the kernel | kernel share | pids killed twice | supervisor survived | reaction p50 | reaction p99 | reaction max | CPU time stolen by the host |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(out, "| workers killed | by the guard | by the kernel | kernel share | pids killed twice | supervisor survived | reaction p50 | reaction p99 | reaction max | hold waits | CPU time stolen by the host |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|")
 	total := len(col.kills) + int(kernel)
 	share := 0.0
 	if total > 0 {
 		share = 100 * float64(kernel) / float64(total)
 	}
-	fmt.Fprintf(out, "| %d | %d | %d | %.1f%% | %d | %v | %v | %v | %v | %s |\n", total, len(col.kills), kernel, share, twice, alive,
-		us(pct(col.react, 0.5)), us(pct(col.react, 0.99)), us(pct(col.react, 1)), stolen)
+	fmt.Fprintf(out, "| %d | %d | %d | %.1f%% | %d | %v | %v | %v | %v | %d | %s |\n", total, len(col.kills), kernel, share, twice, alive,
+		us(pct(col.react, 0.5)), us(pct(col.react, 0.99)), us(pct(col.react, 1)), arm.holdWaits.Load(), stolen)
 	fmt.Fprintf(os.Stderr, "%s respawn: guard %d, kernel %d\n", h.version, len(col.kills), kernel)
 	return nil
 }
@@ -210,10 +217,10 @@ func stormRow(h hierarchy, top string, n int, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "\nStorm on cgroup %s (%s): %d cgroups of 64 MiB, one process growing in each, released at once (load average %s)\n\n",
 		h.version, kernelRelease(), n, loadAvg())
-	fmt.Fprintln(out, "| cgroups | guard kills | kernel kills | pids killed twice | reaction p50 | reaction p99 | reaction max | all dead after | CPU time stolen by the host |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|")
-	fmt.Fprintf(out, "| %d | %d | %d | %d | %v | %v | %v | %v | %s |\n", n, len(col.kills), kernel, twice,
-		us(pct(col.react, 0.5)), us(pct(col.react, 0.99)), us(pct(col.react, 1)), all.Round(time.Millisecond), stolen)
+	fmt.Fprintln(out, "| cgroups | guard kills | kernel kills | pids killed twice | reaction p50 | reaction p99 | reaction max | all dead after | hold waits | CPU time stolen by the host |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(out, "| %d | %d | %d | %d | %v | %v | %v | %v | %d | %s |\n", n, len(col.kills), kernel, twice,
+		us(pct(col.react, 0.5)), us(pct(col.react, 0.99)), us(pct(col.react, 1)), all.Round(time.Millisecond), arm.holdWaits.Load(), stolen)
 	fmt.Fprintf(os.Stderr, "%s storm: guard %d, kernel %d\n", h.version, len(col.kills), kernel)
 	return nil
 }

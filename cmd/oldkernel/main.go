@@ -44,8 +44,9 @@ type surface struct {
 var surfaces = map[string]surface{
 	// 3.10's last call is finit_module (313, 3.8); sched_setattr (314)
 	// came in 3.14, getrandom (318) and memfd_create (319) in 3.17, statx
-	// (332) in 4.11. NSpid came in 4.1, memory.oom_control's oom_kill in 4.13.
-	"3.10": {314, []string{kernel.NSpid, kernel.OOMKillCounter, kernel.CgroupKill}, "CentOS 7"},
+	// (332) in 4.11. NSpid came in 4.1, memory.oom_control's oom_kill in 4.13;
+	// the OOM wait outside a task's locks (a hold's premise) in 3.12.
+	"3.10": {314, []string{kernel.NSpid, kernel.OOMKillCounter, kernel.CgroupKill, kernel.OOMWait}, "CentOS 7"},
 	// 4.14's last call is statx (332); io_pgetevents (333) and rseq (334)
 	// came in 4.18. It has NSpid and the oom_kill counter.
 	"4.14": {333, []string{kernel.CgroupKill}, "Amazon Linux 2, TencentOS"},

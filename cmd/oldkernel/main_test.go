@@ -91,7 +91,7 @@ func TestOldSurface(t *testing.T) {
 	}{
 		{"3.10", map[string]string{"pidfd_open": "ENOSYS", "pidfd_send_signal": "ENOSYS", "process_mrelease": "ENOSYS",
 			"openat2": "ENOSYS", "getrandom": "ENOSYS", "kill": "ok", "getpid": "ok", "exec": "ok",
-			"hide": "nspid,oom_kill,cgroup.kill", "has": "pidfd=false mrelease=false openat2=false nspid=false"}},
+			"hide": "nspid,oom_kill,cgroup.kill,oom_wait", "has": "pidfd=false mrelease=false openat2=false nspid=false"}},
 		{"4.14", map[string]string{"pidfd_open": "ENOSYS", "process_mrelease": "ENOSYS", "openat2": "ENOSYS",
 			"getrandom": "ok", "kill": "ok", "exec": "ok", "has": "pidfd=false mrelease=false openat2=false nspid=true"}},
 		{"4.20", map[string]string{"pidfd_open": "ENOSYS", "pidfd_send_signal": "ENOSYS", "process_mrelease": "ENOSYS",

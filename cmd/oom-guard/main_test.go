@@ -205,10 +205,23 @@ func startDaemonCmd(t *testing.T, cmd *exec.Cmd, guarded int) *daemon {
 	return startDaemonUntil(t, cmd, fmt.Sprintf("guarding %d of ", guarded))
 }
 
+// ownStateFile gives the binary cmd execs (last, with its arguments at the
+// end) a state file of the test's own unless it names one: the default,
+// the node's /run/oom-guard, belongs to a guard the host may run.
+func ownStateFile(t *testing.T, cmd *exec.Cmd) {
+	for _, a := range cmd.Args {
+		if strings.HasPrefix(a, "--state-file") {
+			return
+		}
+	}
+	cmd.Args = append(cmd.Args, "--state-file="+filepath.Join(t.TempDir(), "state.jsonl"))
+}
+
 // startDaemonUntil starts cmd, which execs the binary, and waits until its
 // log says want.
 func startDaemonUntil(t *testing.T, cmd *exec.Cmd, want string) *daemon {
 	t.Helper()
+	ownStateFile(t, cmd)
 	d := &daemon{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	if err := cmd.Start(); err != nil {

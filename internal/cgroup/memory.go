@@ -65,6 +65,16 @@ type Memory interface {
 	// starts reclaiming from the cgroup early (v1 soft limit, v2 memory.high).
 	SoftLimit(rel string) (uint64, error)
 	SetSoftLimit(rel string, bytes uint64) error
+	// OOMKillDisabled reads and SetOOMKillDisable sets v1's
+	// oom_kill_disable (memory.oom_control): while it is set, a task that
+	// meets the cgroup's limit waits for memory instead of the kernel
+	// killing one. ErrNoOOMHold on v2, which has no such setting.
+	OOMKillDisabled(rel string) (bool, error)
+	SetOOMKillDisable(rel string, disable bool) error
+	// UnderOOM tells whether the kernel's OOM handling of the cgroup is
+	// under way (v1 under_oom; with oom_kill_disable: its tasks wait).
+	// ErrNoOOMHold on v2.
+	UnderOOM(rel string) (bool, error)
 	// LimitFile is the file whose modification means the limit changed.
 	LimitFile() string
 	// Handle keeps the cgroup's usage, limit and stat files open for
@@ -198,6 +208,29 @@ var ErrNoOOMKillCounter = errors.New("no oom_kill counter in memory.oom_control 
 func (m *V1) UnderOOM(rel string) (bool, error) {
 	c, err := m.OOMControl(rel)
 	return c["under_oom"] == 1, err
+}
+
+func (m *V1) OOMKillDisabled(rel string) (bool, error) {
+	c, err := m.OOMControl(rel)
+	if err != nil {
+		return false, err
+	}
+	v, ok := c["oom_kill_disable"]
+	if !ok {
+		return false, fmt.Errorf("%s: no oom_kill_disable", m.fs.Path(rel, "memory.oom_control"))
+	}
+	return v == 1, nil
+}
+
+// SetOOMKillDisable writes oom_kill_disable. Kernels before 4.x refuse it
+// (EINVAL) in a cgroup whose parent has use_hierarchy set or that has
+// children of its own; the error says so.
+func (m *V1) SetOOMKillDisable(rel string, disable bool) error {
+	v := "0"
+	if disable {
+		v = "1"
+	}
+	return m.fs.WriteFile(rel, "memory.oom_control", v)
 }
 
 // OOMGroup is false: v1 has no memory.oom.group.
@@ -390,6 +423,14 @@ func (m *V2) flatKeyed(rel, file string) (map[string]uint64, error) {
 func (m *V2) Reclaim(rel string, bytes uint64, budget time.Duration) error {
 	return m.fs.WriteBounded(rel, "memory.reclaim", fmt.Sprint(bytes), budget)
 }
+
+// ErrNoOOMHold means the hierarchy cannot make a task at its cgroup's
+// limit wait for the guard instead of the kernel killing (v2).
+var ErrNoOOMHold = errors.New("no oom_kill_disable (cgroup v2)")
+
+func (m *V2) OOMKillDisabled(string) (bool, error) { return false, ErrNoOOMHold }
+func (m *V2) SetOOMKillDisable(string, bool) error { return ErrNoOOMHold }
+func (m *V2) UnderOOM(string) (bool, error)        { return false, ErrNoOOMHold }
 
 func (m *V2) SoftLimit(rel string) (uint64, error) { return m.fs.ReadUint(rel, "memory.high") }
 

@@ -132,6 +132,7 @@ func (g *Guard) act(c *cg, victim Victim, usage, limit uint64, notified time.Tim
 			klog.Errorf("cgroup %s: %s of pid %d (%s): %v", c.rel, g.cfg.Policy, who.Pid, who.Comm, err)
 		}
 		g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
+		g.releaseIfWaiting(c, "its kill failed")
 		return
 	}
 	if sent.IsZero() { // noop: nothing killed, the bound alone

@@ -88,6 +88,11 @@ type Config struct {
 	// RealtimePriority runs the loop's thread under SCHED_FIFO at this
 	// priority (0: normal scheduling); see useRealtime.
 	RealtimePriority int
+	// HoldOOM (--v1-hold-oom) sets oom_kill_disable in every cgroup guarded
+	// on cgroup v1 (3.12+, a killing policy, a StateFile), so that a task
+	// meeting the limit before the guard has acted waits for the guard's
+	// kill instead of the kernel killing (hold.go).
+	HoldOOM bool
 	// StateFile records what the guard writes into cgroups (soft limits,
 	// memory.high) and the values to restore, so that a guard started
 	// after one that died restores the operator's values (record.go);
@@ -107,7 +112,7 @@ func DefaultConfig() Config {
 		ReclaimBudget: 100 * time.Millisecond,
 		WalkInterval:  277 * time.Second, InotifyReset: 701 * time.Second,
 		PrepareAhead: 16 << 20, PrepareMaxAge: time.Second,
-		RealtimePriority: 2, HighTripwire: true,
+		RealtimePriority: 2, HighTripwire: true, HoldOOM: true,
 	}
 }
 

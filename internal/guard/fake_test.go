@@ -47,6 +47,11 @@ type fakeKernel struct {
 	// what Follow answers.
 	loopCPU   int
 	followErr error
+	// holdErr is what SetOOMKillDisable answers; self is the guard's own
+	// cgroup (SelfCgroup), selfErr its error.
+	holdErr error
+	self    string
+	selfErr error
 }
 
 // gate makes the kernel's what (as in gates) wait until the returned
@@ -71,6 +76,7 @@ type fakeCgroup struct {
 	limit, usage, reclaimable, oomKills uint64
 	gone                                bool
 	oomGroup                            bool   // memory.oom.group set (as on v2)
+	oomKillDisable, underOOM            bool   // v1 memory.oom_control
 	groupKills                          uint64 // oom_group_kill
 }
 
@@ -88,7 +94,8 @@ func (k *fakeKernel) kernel() Kernel {
 	return Kernel{
 		Mem: fakeMem{k, &cgroup.FS{Root: k.root}}, Notifier: fakeNotifier{k}, Killer: fakeKiller{k},
 		NewPoller: func() (Poller, error) { return fakePoller{k}, nil }, NewWatcher: func() (DirWatcher, error) { return &fakeWatcher{k}, nil },
-		Clock: k, Placer: k,
+		Clock: k, Placer: k, OOMWait: true,
+		SelfCgroup: func() (string, error) { k.mu.Lock(); defer k.mu.Unlock(); return k.self, k.selfErr },
 	}
 }
 
@@ -192,6 +199,30 @@ func (m fakeMem) Reclaim(string, uint64, time.Duration) error { return nil }
 func (m fakeMem) SoftLimit(rel string) (uint64, error)        { return cgroup.Unlimited, nil }
 func (m fakeMem) SetSoftLimit(string, uint64) error           { return nil }
 func (m fakeMem) Handle(rel string) (Files, error)            { return fakeFiles{m, rel}, nil }
+func (m fakeMem) OOMKillDisabled(rel string) (bool, error) {
+	v, err := m.read(rel, func(c *fakeCgroup) uint64 { return b2u(c.oomKillDisable) })
+	return v == 1, err
+}
+func (m fakeMem) SetOOMKillDisable(rel string, disable bool) error {
+	c, err := m.k.cg(rel)
+	if err != nil {
+		return err
+	}
+	m.k.mu.Lock()
+	defer m.k.mu.Unlock()
+	if m.k.holdErr != nil {
+		return m.k.holdErr
+	}
+	c.oomKillDisable = disable
+	if !disable {
+		c.underOOM = false // the waiting tasks go on, to the kernel's OOM killer
+	}
+	return nil
+}
+func (m fakeMem) UnderOOM(rel string) (bool, error) {
+	v, err := m.read(rel, func(c *fakeCgroup) uint64 { return b2u(c.underOOM) })
+	return v == 1, err
+}
 func (m fakeMem) read(rel string, f func(*fakeCgroup) uint64) (uint64, error) {
 	c, err := m.k.cg(rel)
 	if err != nil {
@@ -380,10 +411,15 @@ func settleReads(t *testing.T, g *Guard) {
 }
 
 // guardNew adds cgroup rel as a walk would find it and installs its
-// registration, which the real guard makes off the loop.
+// registration, which the real guard makes off the loop. A cgroup the
+// test made already (mkcg) keeps its other values.
 func (k *fakeKernel) guardNew(g *Guard, rel string, limit, usage uint64) *cg {
 	k.t.Helper()
-	k.mkcg(rel, limit, usage)
+	if f, err := k.cg(rel); err == nil {
+		k.set(func() { f.limit, f.usage = limit, usage })
+	} else {
+		k.mkcg(rel, limit, usage)
+	}
 	g.add(rel)
 	settleReads(k.t, g)
 	select {

@@ -53,6 +53,10 @@ type cg struct {
 	// logged at error level in this episode.
 	killFailShown bool
 
+	// held: the guard set oom_kill_disable (hold.go); holdReleased: the
+	// kernel's OOM killer has it back until usage is below the threshold.
+	held, holdReleased bool
+
 	softLimit      uint64 // the soft limit before the guard set its own
 	softLimitSaved bool
 	softLimitSet   uint64 // the guard's own, as the kernel keeps it (whole pages)
@@ -116,25 +120,27 @@ type Guard struct {
 	placeFailed bool
 
 	// Registrations off the loop (register.go).
-	registered     chan *registration
-	regQueue       regQueue // registrations waiting for a registrar
-	registrarsOn   bool     // the registrars run (started at the first registration)
-	regs           sync.WaitGroup
-	tokens         chan struct{}         // background work's share of the Go processors (processors.go)
-	killers        sync.WaitGroup        // container kills off the loop (act.go)
-	own            ownKills              // the guard's own recent kills (kernelkill.go)
-	groupKills     map[string]*groupKill // kernel group kills counted, not yet reported (kernelkill.go)
-	aside          sync.WaitGroup        // every other goroutine Run starts (goAside)
-	inotifyFailing bool                  // the last inotify reset was refused
-	scopeUnknown   bool                  // a victim's cgroup could not be told at its kill (said once)
-	records        *records              // what the guard wrote into cgroups, for a successor (record.go); nil: none
-	inFlight       int                   // registrations started, not yet installed
-	readsInFlight  int                   // readings started, not yet taken in (readings.go)
-	readsDone      chan *reading
-	watchRefs      map[DirWatcher]int      // readings making a watch in each instance
-	retired        map[DirWatcher]struct{} // instances a reset replaced, closed once no reading holds them
-	baseFds        int                     // fds open at the start (fds.go)
-	retrying       map[*cg]struct{}
+	registered       chan *registration
+	regQueue         regQueue // registrations waiting for a registrar
+	registrarsOn     bool     // the registrars run (started at the first registration)
+	regs             sync.WaitGroup
+	tokens           chan struct{}         // background work's share of the Go processors (processors.go)
+	killers          sync.WaitGroup        // container kills off the loop (act.go)
+	own              ownKills              // the guard's own recent kills (kernelkill.go)
+	groupKills       map[string]*groupKill // kernel group kills counted, not yet reported (kernelkill.go)
+	aside            sync.WaitGroup        // every other goroutine Run starts (goAside)
+	inotifyFailing   bool                  // the last inotify reset was refused
+	scopeUnknown     bool                  // a victim's cgroup could not be told at its kill (said once)
+	records          *records              // what the guard wrote into cgroups, for a successor (record.go); nil: none
+	selfCgroup       *selfCgroup           // the guard's own cgroup, once asked (hold.go)
+	holdRefusedShown bool                  // a refused hold was logged
+	inFlight         int                   // registrations started, not yet installed
+	readsInFlight    int                   // readings started, not yet taken in (readings.go)
+	readsDone        chan *reading
+	watchRefs        map[DirWatcher]int      // readings making a watch in each instance
+	retired          map[DirWatcher]struct{} // instances a reset replaced, closed once no reading holds them
+	baseFds          int                     // fds open at the start (fds.go)
+	retrying         map[*cg]struct{}
 	// timed holds the cgroups whose recheckAt or oomCheckAt was set
 	// (setRecheck, setOOMCheck), for pending to look at those alone: a
 	// scan of byFd (two watches a guarded cgroup) took a few hundred
@@ -257,6 +263,7 @@ func (g *Guard) Run(stop <-chan struct{}) error {
 		}
 		defer func() { g.records.close(); g.records = nil }()
 	}
+	g.sayHold()
 	defer g.releaseAll()
 	quit := g.quit
 	defer g.stopRegistrations()
@@ -457,6 +464,10 @@ func (g *Guard) dispatch(fd int, notified time.Time) {
 		g.onEarly(c)
 	case c.oomw != nil && fd == c.oomw.Fd():
 		_ = c.oomw.Drain()
+		if c.held && !c.holdReleased {
+			g.metrics.HoldWait()
+			g.look(c, notified) // its tasks wait for the guard (hold.go)
+		}
 		g.onKernelOOM(c, notified)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type events struct {
 	standDowns int
 	crossings  int
 	guarded    int
+	holdWaits  int
 }
 
 // waitGuardedN waits until the guard guards n cgroups: registering a new
@@ -63,6 +65,9 @@ func (e *events) waitGuardedN(t *testing.T, n int) {
 func (e *events) SetGuarded(n int) { e.mu.Lock(); e.guarded = n; e.mu.Unlock() }
 func (e *events) Crossing()        { e.mu.Lock(); e.crossings++; e.mu.Unlock() }
 func (e *events) StandDown(string) { e.mu.Lock(); e.standDowns++; e.mu.Unlock() }
+func (e *events) HoldWait()        { e.mu.Lock(); e.holdWaits++; e.mu.Unlock() }
+
+func (e *events) holdWaitsSeen() int { e.mu.Lock(); defer e.mu.Unlock(); return e.holdWaits }
 
 func (e *events) Send(ev event.Event) {
 	e.mu.Lock()
@@ -150,6 +155,10 @@ func newGuard(t *testing.T, cg *testenv.Cgroup, cfg guard.Config) (*guard.Guard,
 	freezer, err := cgroup.V1Sibling(mem.FS().Root, "freezer")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.HoldOOM && cfg.StateFile == "" {
+		// As the DaemonSet runs it: a hold needs its record (hold.go).
+		cfg.StateFile = filepath.Join(t.TempDir(), "state.jsonl")
 	}
 	sink := &events{ch: make(chan event.Event, 100)}
 	g, err := guard.New(cfg, mem, notify.V1Notifier{FS: mem.FS()},

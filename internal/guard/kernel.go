@@ -1,9 +1,11 @@
 package guard
 
 import (
+	"os"
 	"time"
 
 	"github.com/oom-guard/oom-guard/internal/cgroup"
+	"github.com/oom-guard/oom-guard/internal/kernel"
 	"github.com/oom-guard/oom-guard/internal/kill"
 	"github.com/oom-guard/oom-guard/internal/notify"
 )
@@ -19,6 +21,12 @@ type Kernel struct {
 	NewWatcher func() (DirWatcher, error)
 	Clock      Clock
 	Placer     LoopPlacer // nil: the loop sleeps wherever the scheduler puts it
+	// OOMWait: a v1 task at its limit with oom_kill_disable waits outside
+	// its locks (kernel.HasOOMWait, 3.12); without it nothing is held.
+	OOMWait bool
+	// SelfCgroup is the guard's own memory cgroup relative to the root
+	// ("" outside it); nil or an error: unknown, and nothing is held.
+	SelfCgroup func() (string, error)
 }
 
 // ProcessKiller is what kill.Killer and kill.ViaRuntime offer; its Open
@@ -52,8 +60,16 @@ func RealKernel(mem cgroup.Memory, n Notifier, k ProcessKiller) Kernel {
 			}
 			return in, nil
 		},
-		Clock:  wallClock{},
-		Placer: &threadPlacer{},
+		Clock:   wallClock{},
+		Placer:  &threadPlacer{},
+		OOMWait: kernel.HasOOMWait(),
+		SelfCgroup: func() (string, error) {
+			inside, rel, err := kill.CgroupOf(os.Getpid(), mem.FS().Root, mem.Version() == cgroup.VersionV2)
+			if err != nil || !inside {
+				return "", err
+			}
+			return rel, nil
+		},
 	}
 }
 

@@ -42,6 +42,7 @@ func (g *Guard) look(c *cg, notified time.Time) {
 	case Below:
 		g.endCooldown(c) // below the threshold: the victim's memory is gone
 		g.endStuck(c)
+		g.rehold(c)
 		c.episode, c.reclaimed, c.noopShown, c.killFailShown = false, false, false, false
 		c.recheckAt = time.Time{}
 		g.restFiles(c, usage)
@@ -190,6 +191,7 @@ func (g *Guard) nothingToKill(c *cg, usage uint64, why string) {
 	}
 	c.stuck++
 	g.setRecheck(c, g.clock.Now().Add(min(g.cfg.RecheckInterval<<min(c.stuck-1, 16), stuckMax)))
+	g.releaseIfWaiting(c, why)
 }
 
 // stuckMax bounds the back-off of a cgroup with nothing to kill: a process
@@ -235,6 +237,7 @@ func (g *Guard) standDown(c *cg, usage uint64, stat cgroup.Stat) {
 		}
 	}
 	g.setRecheck(c, g.clock.Now().Add(g.cfg.RecheckInterval))
+	g.releaseIfWaiting(c, "its page cache is reclaimable, which the kernel's reclaim could not free")
 }
 
 // reclaimer runs reclaim requests one at a time, each bounded by

@@ -52,6 +52,11 @@ type Hierarchy interface {
 	Reclaim(rel string, bytes uint64, budget time.Duration) error
 	SoftLimit(rel string) (uint64, error)
 	SetSoftLimit(rel string, bytes uint64) error
+	// OOMKillDisabled, SetOOMKillDisable and UnderOOM are v1's
+	// memory.oom_control, for a hold (hold.go).
+	OOMKillDisabled(rel string) (bool, error)
+	SetOOMKillDisable(rel string, disable bool) error
+	UnderOOM(rel string) (bool, error)
 	LimitFile() string
 	// Handle keeps rel's usage, limit and stat open for fast reads.
 	Handle(rel string) (Files, error)
@@ -157,6 +162,10 @@ type Metrics interface {
 	Fault(kind string)
 	Crossing()
 	StandDown(reason string)
+	// HoldWait is the kernel's OOM notification on a held cgroup: a task
+	// met the limit before the guard had killed, and waits for its kill
+	// (hold.go).
+	HoldWait()
 	// LoopBusy is one turn of the loop: from its wake-up to its next wait.
 	LoopBusy(d time.Duration)
 }
@@ -169,10 +178,16 @@ func (NopMetrics) SetUnguarded(int)       {}
 func (NopMetrics) Fault(string)           {}
 func (NopMetrics) Crossing()              {}
 func (NopMetrics) StandDown(string)       {}
+func (NopMetrics) HoldWait()              {}
 func (NopMetrics) LoopBusy(time.Duration) {}
 
 // The kinds of Metrics.Fault.
 const (
 	FaultRegistration = "registration"  // a cgroup's notifications (retryLater)
 	FaultInotifyReset = "inotify-reset" // a new inotify instance (resetInotify)
+	FaultHold         = "hold"          // oom_kill_disable refused (hold.go); not retried
 )
+
+// StandDownHoldReleased: a held cgroup's tasks waited at the limit and the
+// guard would not kill at once; the kernel's OOM killer had it (hold.go).
+const StandDownHoldReleased = "hold-released"

@@ -32,14 +32,17 @@ func TestRespawningWorkload(t *testing.T) {
 	// Each worker is a new race: the kernel killed a third to a half of
 	// them before, 0 to 2% at nice -20, none in 6 of 7 rounds of
 	// bench/preempt with every thread real-time (1 of 2,000 in the
-	// seventh). A round in which the kernel kills more than 10% is run
-	// once more (see respawnRound).
+	// seventh, a wake-up the host's steal delayed). With the hold
+	// (--v1-hold-oom, 3.12 on) a worker that reaches the limit first
+	// waits for the guard, so the kernel kills none, in one round. On
+	// the 3.10 surface, with no hold, a round in which the kernel kills
+	// more than 10% is run once more (see respawnRound).
 	likeTheBinary(t)
 	for round := 1; ; round++ {
 		share, ok := respawnRound(t)
-		if ok || round == 2 {
+		if ok || round == 2 || kernelcaps.HasOOMWait() {
 			if !ok {
-				t.Errorf("the kernel's share of the kills was %.1f%% in both rounds", share)
+				t.Errorf("the kernel's share of the kills was %.1f%% (round %d)", share, round)
 			}
 			return
 		}
@@ -97,7 +100,8 @@ func respawnRound(t *testing.T) (float64, bool) {
 			byKernel[p.Pid]++
 		}
 	}
-	t.Logf("20 s of respawning workers: guard kills %d, kernel kills %d (%d CgroupOOM events); CPU time stolen by the host %s", len(byGuard), kernel, len(cgroupOOMs), stolen)
+	t.Logf("20 s of respawning workers: guard kills %d, kernel kills %d (%d CgroupOOM events), hold waits %d; CPU time stolen by the host %s",
+		len(byGuard), kernel, len(cgroupOOMs), sink.holdWaitsSeen(), stolen)
 	if byKernel[sup.Process.Pid] > 0 {
 		t.Errorf("the kernel killed the supervisor")
 	}
@@ -126,16 +130,17 @@ func respawnRound(t *testing.T) (float64, bool) {
 		t.Errorf("only %d workers killed in 20 s", len(byGuard))
 	}
 	total := uint64(len(byGuard)) + kernel
-	// Not yet the 0 issue 12 asks, where the host takes CPU time from
-	// this virtual machine: a crossing's wake-up sent to the loop on the
-	// other virtual CPU waited up to 8.8 ms for the host to run it
-	// (ftrace; guard/affinity.go), and every race the kernel won was of
-	// that kind. The loop now sleeps on its prepared victim's CPU, which
-	// left 0-1% here where 1-21% were lost before; what remains comes with
-	// the host's steal, which the log line gives. What this bound must
-	// see gone is the third to half of the kills the kernel took while the
-	// cgroup was left unguarded after each kill.
 	share := 100 * float64(kernel) / float64(max(total, 1))
+	if kernelcaps.HasOOMWait() {
+		return share, kernel == 0
+	}
+	// No hold (3.10): where the host takes CPU time from this virtual
+	// machine, a crossing's wake-up sent to the loop on the other virtual
+	// CPU waited up to 8.8 ms for the host to run it (ftrace;
+	// guard/affinity.go), and every race the kernel won was of that kind:
+	// 0-1% here, with the host's steal the log line gives. What this bound
+	// must see gone is the third to half of the kills the kernel took
+	// while the cgroup was left unguarded after each kill.
 	return share, kernel*10 <= total
 }
 
@@ -186,15 +191,16 @@ func startGated(t *testing.T, cg *testenv.Cgroup, rel string, cmd *exec.Cmd) *os
 // signalled some a second time).
 func TestStormOfCrossings(t *testing.T) {
 	// The kernel killed 34 to 63 of 100 before, 0 to 5 at nice -20, none in
-	// 600 storms of bench/preempt with every thread real-time. A round in
-	// which it kills any is run once more, for the rare outlier on a
-	// machine shared with other work.
+	// 600 storms of bench/preempt with every thread real-time. With the
+	// hold (3.12 on) it must kill none, in one round; on the 3.10 surface
+	// a round in which it kills any is run once more, for the rare outlier
+	// on a machine shared with other work.
 	likeTheBinary(t)
 	for round := 1; ; round++ {
 		kernel := stormRound(t)
-		if kernel == 0 || round == 2 {
+		if kernel == 0 || round == 2 || kernelcaps.HasOOMWait() {
 			if kernel > 0 {
-				t.Errorf("the kernel killed in a storm of 100 in both rounds (%d the second time)", kernel)
+				t.Errorf("the kernel killed %d in a storm of 100 (round %d)", kernel, round)
 			}
 			return
 		}
@@ -254,8 +260,8 @@ func stormRound(t *testing.T) uint64 {
 			t.Errorf("pid %d killed %d times", pid, k)
 		}
 	}
-	t.Logf("%d cgroups crossing at once: all dead %v after the start; guard kills %d, kernel kills %d, pids killed twice %d",
-		n, all.Round(time.Millisecond), len(killed), kernel, twice)
+	t.Logf("%d cgroups crossing at once: all dead %v after the start; guard kills %d, kernel kills %d, pids killed twice %d, hold waits %d",
+		n, all.Round(time.Millisecond), len(killed), kernel, twice, sink.holdWaitsSeen())
 	// The guard never signals a process twice (above), nor, but for a rare
 	// race (the kernel's kill and the guard's in the same moment), one the
 	// kernel is killing: before, 74 guard and 53 kernel kills of 100 with

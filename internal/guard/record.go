@@ -11,14 +11,15 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// What the guard writes into a cgroup (the v1 soft limit, v2 memory.high)
-// is recorded in a file that outlives it (Config.StateFile; the DaemonSet
+// What the guard writes into a cgroup (the v1 soft limit, v2 memory.high,
+// v1 oom_kill_disable for a hold) is recorded in a file that outlives it (Config.StateFile; the DaemonSet
 // keeps it on the node, in /run, which a reboot empties along with every
 // cgroup), before the write: a guard that dies (SIGKILL, OOM, a node
 // agent's restart) without restoring leaves the record, and the next guard
 // restores the operator's value, not its predecessor's threshold.
 //
-// A record is keyed by the cgroup's path and names its directory's inode,
+// A record is keyed by the cgroup's path and the setting (Setting: "" for
+// the soft limit, as the first records were written) and names its directory's inode,
 // so a cgroup removed and made again under the same name is not taken for
 // the one recorded. Where the record and the cgroup disagree:
 //   - the inode differs (or the cgroup is gone): the record is of another
@@ -37,15 +38,45 @@ import (
 // operator's, and the v2 tripwire's own rule (memory.high at the threshold
 // is a dead guard's) still applies.
 
-// limitRecord is one cgroup's entry: the inode of its directory, the value
-// found before the guard wrote (Original) and what it wrote (Written).
+// limitRecord is one setting's entry: the inode of its cgroup's directory,
+// the value found before the guard wrote (Original) and what it wrote
+// (Written).
 type limitRecord struct {
-	Path     string `json:"path"`
-	Ino      uint64 `json:"ino"`
-	Original uint64 `json:"original"`
-	Written  uint64 `json:"written"`
-	Drop     bool   `json:"drop,omitempty"`
+	Path     string  `json:"path"`
+	Setting  setting `json:"setting,omitempty"`
+	Ino      uint64  `json:"ino"`
+	Original uint64  `json:"original"`
+	Written  uint64  `json:"written"`
+	Drop     bool    `json:"drop,omitempty"`
 }
+
+// setting is what of a cgroup a record is of.
+type setting string
+
+const (
+	softLimitSetting setting = ""                 // v1 memory.soft_limit_in_bytes, v2 memory.high
+	holdSetting      setting = "oom_kill_disable" // v1 memory.oom_control (hold.go); 1 or 0
+)
+
+func (s setting) String() string {
+	if s == softLimitSetting {
+		return "soft limit"
+	}
+	return string(s)
+}
+
+// show is a value of s as a log line gives it.
+func (s setting) show(v uint64) string {
+	switch {
+	case s != softLimitSetting:
+		return fmt.Sprint(v)
+	case v >= 1<<62: // v1 keeps "no limit" as the largest page multiple below 2^63
+		return "unlimited"
+	}
+	return bytesMiB(v)
+}
+
+func (r limitRecord) key() string { return r.Path + "\x00" + string(r.Setting) }
 
 type records struct {
 	f *os.File
@@ -67,9 +98,9 @@ func openRecords(name string) (*records, error) {
 				continue // a line cut short by a death mid-write
 			}
 			if rec.Drop {
-				delete(r.m, rec.Path)
+				delete(r.m, rec.key())
 			} else {
-				r.m[rec.Path] = rec
+				r.m[rec.key()] = rec
 			}
 		}
 		f.Close()
@@ -109,9 +140,9 @@ func (r *records) append(rec limitRecord) error {
 		return err
 	}
 	if rec.Drop {
-		delete(r.m, rec.Path)
+		delete(r.m, rec.key())
 	} else {
-		r.m[rec.Path] = rec
+		r.m[rec.key()] = rec
 	}
 	return nil
 }
@@ -130,36 +161,36 @@ func dirInode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// recordedOriginal is the value to restore for c given the value found
-// now, as the record of a dead guard says (see above); found if none.
-func (g *Guard) recordedOriginal(c *cg, found uint64) uint64 {
+// recordedOriginal is the value of s to restore for c given the value
+// found now, as the record of a dead guard says (see above); found if none.
+func (g *Guard) recordedOriginal(c *cg, s setting, found uint64) uint64 {
 	if g.records == nil {
 		return found
 	}
 	abs := g.absPath(c.rel)
-	rec, ok := g.records.m[abs]
+	rec, ok := g.records.m[limitRecord{Path: abs, Setting: s}.key()]
 	if !ok {
 		return found
 	}
 	ino, err := dirInode(abs)
 	switch {
 	case err != nil || ino != rec.Ino:
-		_ = g.records.append(limitRecord{Path: abs, Drop: true})
+		_ = g.records.append(limitRecord{Path: abs, Setting: s, Drop: true})
 		return found
 	case found == rec.Written:
-		klog.Infof("cgroup %s: soft limit %s was set by a guard that did not restore it: %s is the value to restore", c.rel, bytesMiB(found), bytesMiB(rec.Original))
+		klog.Infof("cgroup %s: %s %s was set by a guard that did not restore it: %s is the value to restore", c.rel, s, s.show(found), s.show(rec.Original))
 		return rec.Original
 	default:
-		klog.Infof("cgroup %s: soft limit changed to %s since a previous guard set %s: kept as the value to restore (not %s)",
-			c.rel, bytesMiB(found), bytesMiB(rec.Written), bytesMiB(rec.Original))
+		klog.Infof("cgroup %s: %s changed to %s since a previous guard set %s: kept as the value to restore (not %s)",
+			c.rel, s, s.show(found), s.show(rec.Written), s.show(rec.Original))
 		return found
 	}
 }
 
-// recordWrite records, before the guard writes written into c, the value
-// to restore. An error means the write must not be made: it would be a
-// change no successor could undo.
-func (g *Guard) recordWrite(c *cg, original, written uint64) error {
+// recordWrite records, before the guard writes written into c's s, the
+// value to restore. An error means the write must not be made: it would be
+// a change no successor could undo.
+func (g *Guard) recordWrite(c *cg, s setting, original, written uint64) error {
 	if g.records == nil {
 		return nil
 	}
@@ -168,47 +199,49 @@ func (g *Guard) recordWrite(c *cg, original, written uint64) error {
 	if err != nil {
 		return err
 	}
-	if rec, ok := g.records.m[abs]; ok && rec.Ino == ino && rec.Original == original && rec.Written == written {
+	rec := limitRecord{Path: abs, Setting: s, Ino: ino, Original: original, Written: written}
+	if have, ok := g.records.m[rec.key()]; ok && have == rec {
 		return nil
 	}
-	if err := g.records.append(limitRecord{Path: abs, Ino: ino, Original: original, Written: written}); err != nil {
+	if err := g.records.append(rec); err != nil {
 		return fmt.Errorf("record in %s: %w", g.records.f.Name(), err)
 	}
 	return nil
 }
 
-// recordRestored drops c's record: its value is restored, or no longer
-// the guard's to restore.
-func (g *Guard) recordRestored(c *cg) {
+// recordRestored drops the record of c's s: its value is restored, or no
+// longer the guard's to restore.
+func (g *Guard) recordRestored(c *cg, s setting) {
 	if g.records == nil {
 		return
 	}
-	abs := g.absPath(c.rel)
-	if _, ok := g.records.m[abs]; ok {
-		if err := g.records.append(limitRecord{Path: abs, Drop: true}); err != nil {
+	rec := limitRecord{Path: g.absPath(c.rel), Setting: s, Drop: true}
+	if _, ok := g.records.m[rec.key()]; ok {
+		if err := g.records.append(rec); err != nil {
 			klog.Warningf("cgroup %s: drop its record: %v", c.rel, err)
 		}
 	}
 }
 
-// restoreRecorded puts back a value a dead guard left in c and recorded,
-// when this guard sets none there itself (another configuration).
-func (g *Guard) restoreRecorded(c *cg) {
+// restoreRecorded puts back a value of s that a dead guard left in c and
+// recorded, when this guard sets none there itself (another
+// configuration).
+func (g *Guard) restoreRecorded(c *cg, s setting, read func() (uint64, error), write func(uint64) error) {
 	if g.records == nil {
 		return
 	}
-	if _, ok := g.records.m[g.absPath(c.rel)]; !ok {
+	if _, ok := g.records.m[limitRecord{Path: g.absPath(c.rel), Setting: s}.key()]; !ok {
 		return
 	}
-	v, err := g.mem.SoftLimit(c.rel)
+	v, err := read()
 	if err != nil {
 		return
 	}
-	if orig := g.recordedOriginal(c, v); orig != v {
-		if err := g.mem.SetSoftLimit(c.rel, orig); err != nil {
-			klog.Warningf("cgroup %s: restore the soft limit a previous guard left: %v", c.rel, err)
+	if orig := g.recordedOriginal(c, s, v); orig != v {
+		if err := write(orig); err != nil {
+			klog.Warningf("cgroup %s: restore the %s a previous guard left: %v", c.rel, s, err)
 			return
 		}
 	}
-	g.recordRestored(c)
+	g.recordRestored(c, s)
 }

@@ -268,6 +268,7 @@ func (g *Guard) installGuard(c *cg, r *registration) bool {
 	g.metrics.SetGuarded(g.guarded)
 	g.endRetries(c)
 	g.setSoftLimit(c)
+	g.hold(c)
 	klog.V(3).Infof("guard %s: limit %s, threshold %s", c.rel, bytesMiB(r.limit), bytesMiB(r.threshold))
 	g.sayOddLimit(c, r)
 	// The kernel signals crossings only: a cgroup already above its new
@@ -423,6 +424,7 @@ func (g *Guard) unguard(c *cg) {
 	g.guarded--
 	g.metrics.SetGuarded(g.guarded)
 	g.restoreSoftLimit(c)
+	g.unhold(c)
 }
 
 // watchFds adds ws to the epoll set, all or none; a nil one is none.

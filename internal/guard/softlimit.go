@@ -13,7 +13,9 @@ import (
 // v2 tripwire (Config.HighTripwire) where memory.high is not somebody else's.
 func (g *Guard) setSoftLimit(c *cg) {
 	if !g.cfg.OpenSoftLimit && !g.tripwire() {
-		g.restoreRecorded(c)
+		g.restoreRecorded(c, softLimitSetting,
+			func() (uint64, error) { return g.mem.SoftLimit(c.rel) },
+			func(v uint64) error { return g.mem.SetSoftLimit(c.rel, v) })
 		return
 	}
 	v, err := g.mem.SoftLimit(c.rel)
@@ -22,7 +24,7 @@ func (g *Guard) setSoftLimit(c *cg) {
 		return
 	}
 	if !c.softLimitSaved {
-		v = g.recordedOriginal(c, v) // a dead guard's value is not the operator's (record.go)
+		v = g.recordedOriginal(c, softLimitSetting, v) // a dead guard's value is not the operator's (record.go)
 	}
 	if !g.cfg.OpenSoftLimit {
 		if v, err = g.tripwireBefore(c, v); err != nil {
@@ -34,7 +36,7 @@ func (g *Guard) setSoftLimit(c *cg) {
 	if !c.softLimitSaved {
 		c.softLimit, c.softLimitSaved = v, true
 	}
-	if err := g.recordWrite(c, c.softLimit, pageFloor(c.threshold)); err != nil {
+	if err := g.recordWrite(c, softLimitSetting, c.softLimit, pageFloor(c.threshold)); err != nil {
 		klog.Warningf("cgroup %s: soft limit not set: %v", c.rel, err)
 		return
 	}
@@ -85,7 +87,7 @@ func (g *Guard) restoreSoftLimit(c *cg) {
 	now, err := g.mem.SoftLimit(c.rel)
 	if err == nil && now != c.softLimitSet {
 		klog.V(2).Infof("cgroup %s: soft limit changed to %s by somebody else while guarded; not restoring %s", c.rel, bytesMiB(now), bytesMiB(c.softLimit))
-		g.recordRestored(c)
+		g.recordRestored(c, softLimitSetting)
 		return
 	}
 	if err == nil {
@@ -95,7 +97,7 @@ func (g *Guard) restoreSoftLimit(c *cg) {
 		klog.Warningf("cgroup %s: restore soft limit: %v", c.rel, err)
 		return // the record stays: a successor tries again
 	}
-	g.recordRestored(c)
+	g.recordRestored(c, softLimitSetting)
 }
 
 // pageFloor is bytes as the kernel keeps a memory limit: in whole pages.

@@ -9,6 +9,7 @@
 //	cgroup.kill (v2)   5.14   every task signalled, frozen first (cgroup.freeze, 5.2)
 //	NSpid              4.1    a container's init told by the runtime's pid instead
 //	oom_kill (v1)      4.13   kernel kills counted from the OOM eventfd, the processes gone, and the kernel log
+//	oom_wait (v1)      3.12   the kernel's OOM killer left on: no hold (--v1-hold-oom), a lost race is the kernel's kill
 //
 // Each probe runs once and is cached: the kill path never pays a failing
 // system call. Detect gives them all, for the start-up log line and the
@@ -17,6 +18,7 @@ package kernel
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,7 @@ const (
 	CgroupKill      = "cgroup.kill"
 	NSpid           = "nspid"
 	OOMKillCounter  = "oom_kill"
+	OOMWait         = "oom_wait"
 )
 
 // HideEnv is a test-only switch: a comma-separated list of feature names
@@ -155,6 +158,26 @@ func HasCgroupKill(root string) bool {
 	return true
 }
 
+// HasOOMWait tells whether a task that meets its v1 cgroup's limit with
+// oom_kill_disable set waits for memory outside every lock it held: since
+// 3.12 ("mm: memcg: do not trap chargers with full callstack on OOM") the
+// charge fails, the page fault unwinds, and the task sleeps, killable, in
+// mem_cgroup_oom_synchronize. Before, it slept inside the charge, holding
+// mmap_sem and what its caller held, and a victim that needed one of them
+// to exit never did: a hold there could hang the cgroup. A release that
+// does not parse (a distribution's own) counts as old, so CentOS 7's
+// 3.10.0-x never holds.
+var HasOOMWait = probe(OOMWait, func() bool { return releaseAtLeast(Release(), 3, 12) })
+
+// releaseAtLeast tells whether a uname release is major.minor or later.
+func releaseAtLeast(release string, major, minor int) bool {
+	var ma, mi int
+	if n, _ := fmt.Sscanf(release, "%d.%d", &ma, &mi); n != 2 {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
+}
+
 // Release is the running kernel's release (uname -r).
 var Release = sync.OnceValue(func() string {
 	var u unix.Utsname
@@ -185,7 +208,8 @@ func Detect(root string, v2 bool) []Feature {
 	if v2 {
 		fs = append(fs, Feature{CgroupKill, "5.14", HasCgroupKill(root), "every task signalled one by one, frozen first (cgroup.freeze)"})
 	} else {
-		fs = append(fs, Feature{OOMKillCounter, "4.13", HasOOMKillCounter(root), "kernel kills counted from the OOM eventfd, the processes gone since, and the kernel log"})
+		fs = append(fs, Feature{OOMKillCounter, "4.13", HasOOMKillCounter(root), "kernel kills counted from the OOM eventfd, the processes gone since, and the kernel log"},
+			Feature{OOMWait, "3.12", HasOOMWait(), "no hold (--v1-hold-oom): a race the guard loses is the kernel's kill"})
 	}
 	return fs
 }

@@ -42,7 +42,7 @@ func TestOOMKillCounterProbe(t *testing.T) {
 
 func TestDetectOnThisMachine(t *testing.T) {
 	fs := Detect("/sys/fs/cgroup/memory", false)
-	if len(fs) != 5 {
+	if len(fs) != 6 {
 		t.Fatalf("features %+v", fs)
 	}
 	for _, f := range fs {
@@ -51,6 +51,30 @@ func TestDetectOnThisMachine(t *testing.T) {
 		}
 		if f.Name == Pidfd && os.Getenv(HideEnv) == "" && os.Getenv("OOMGUARD_OLDKERNEL") == "" && !f.Present {
 			t.Errorf("this 6.x kernel has pidfds: %+v", f)
+		}
+	}
+}
+
+// A hold needs the OOM wait of 3.12: CentOS 7's own releases (3.10.0-x)
+// and anything that does not parse count as older.
+func TestReleaseAtLeast(t *testing.T) {
+	for _, tc := range []struct {
+		release string
+		want    bool
+	}{
+		{"3.10.0-1160.el7.x86_64", false},
+		{"3.11.10", false},
+		{"3.12", true},
+		{"3.18.140", true},
+		{"4.14.355", true},
+		{"6.18.44-fc-v1045", true},
+		{"10.0.1", true},
+		{"2.6.32-754.el6", false},
+		{"unknown", false},
+		{"", false},
+	} {
+		if got := releaseAtLeast(tc.release, 3, 12); got != tc.want {
+			t.Errorf("%q: %v, want %v", tc.release, got, tc.want)
 		}
 	}
 }

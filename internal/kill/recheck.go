@@ -307,3 +307,26 @@ func hasString(list []string, s string) bool {
 	}
 	return false
 }
+
+// CgroupOf is the memory cgroup of process pid relative to the memory
+// hierarchy at root (inside false when it is not under root), read from
+// /proc/PID/cgroup.
+func CgroupOf(pid int, root string, unified bool) (inside bool, rel string, err error) {
+	data, err := Proc{}.read(pid, "cgroup", make([]byte, 4096))
+	if err != nil {
+		return false, "", err
+	}
+	p, ok := memoryCgroup(data, unified)
+	switch {
+	case !ok:
+		return false, "", fmt.Errorf("no memory cgroup in /proc/%d/cgroup", pid)
+	case bytes.Contains(p, []byte("/..")):
+		return false, "", fmt.Errorf("memory cgroup %s of pid %d is outside this cgroup namespace", p, pid)
+	}
+	prefix, err := hierarchyPath(root, unified)
+	if err != nil {
+		return false, "", err
+	}
+	inside, rel = below(string(p), prefix)
+	return inside, rel, nil
+}

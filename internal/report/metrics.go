@@ -32,6 +32,7 @@ type Metrics struct {
 	crossings             prometheus.Counter
 	actions               *prometheus.CounterVec
 	standDowns            *prometheus.CounterVec
+	holdWaits             prometheus.Counter
 	kernelKills           *prometheus.CounterVec
 	reaction              prometheus.Histogram
 	loopBusy              prometheus.Histogram
@@ -59,7 +60,7 @@ func NewMetrics() *Metrics {
 			Name: "oomguard_unguarded_cgroups", Help: "Memory cgroups with a limit that the guard could not register (out of file descriptors, memory or epoll watches) and retries with back-off.",
 		}),
 		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "oomguard_faults_total", Help: "Operations the kernel refused that the guard retries: registration (a cgroup's notifications), inotify-reset.",
+			Name: "oomguard_faults_total", Help: "Operations the kernel refused: registration (a cgroup's notifications, retried), inotify-reset (retried), hold (oom_kill_disable, --v1-hold-oom: the cgroup is guarded without a hold).",
 		}, []string{"kind"}),
 		crossings: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "oomguard_threshold_crossings_total", Help: "Threshold notifications from the kernel.",
@@ -70,6 +71,10 @@ func NewMetrics() *Metrics {
 		standDowns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oomguard_stand_downs_total", Help: "Crossings on which the guard chose not to act.",
 		}, []string{"reason"}),
+		holdWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "oomguard_hold_waits_total",
+			Help: "Times the tasks of a held cgroup (--v1-hold-oom) met its limit before the guard had killed, and waited for its kill instead of the kernel killing: the margin filled before the guard ran. Rising steadily: widen the margin, or give the guard CPU.",
+		}),
 		kernelKills: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "oomguard_kernel_oom_kills_total", Help: "OOM kills the kernel did itself, each once, by reason (CgroupOOM, SystemOOM, ContainerChildOOMKilled) and workload.",
 		}, append([]string{"reason"}, workloadLabels...)),
@@ -96,7 +101,7 @@ func NewMetrics() *Metrics {
 			Name: "oomguard_webhook_failed_attempts_total", Help: "Webhook POSTs that failed (network error or non-2xx).",
 		}),
 	}
-	m.reg.MustRegister(m.guarded, m.unguarded, m.faults, m.crossings, m.actions, m.standDowns, m.kernelKills, m.reaction, m.loopBusy, m.seriesFolded,
+	m.reg.MustRegister(m.guarded, m.unguarded, m.faults, m.crossings, m.actions, m.standDowns, m.holdWaits, m.kernelKills, m.reaction, m.loopBusy, m.seriesFolded,
 		m.webhookEvents, m.webhookFailedAttempts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist from the start at 0 make rate() and alerts work
@@ -107,7 +112,7 @@ func NewMetrics() *Metrics {
 	for _, r := range []event.Reason{event.CgroupOOM, event.SystemOOM, event.ChildOOM} {
 		m.kernelKills.WithLabelValues(string(r), "", "", "")
 	}
-	for _, k := range []string{"registration", "inotify-reset"} {
+	for _, k := range []string{"registration", "inotify-reset", "hold"} {
 		m.faults.WithLabelValues(k)
 	}
 	for _, r := range []string{resultSent, resultDropped, resultFailed, resultAbandoned} {
@@ -121,6 +126,7 @@ func (m *Metrics) SetUnguarded(n int)       { m.unguarded.Set(float64(n)) }
 func (m *Metrics) Fault(kind string)        { m.faults.WithLabelValues(kind).Inc() }
 func (m *Metrics) Crossing()                { m.crossings.Inc() }
 func (m *Metrics) StandDown(reason string)  { m.standDowns.WithLabelValues(reason).Inc() }
+func (m *Metrics) HoldWait()                { m.holdWaits.Inc() }
 func (m *Metrics) LoopBusy(d time.Duration) { m.loopBusy.Observe(d.Seconds()) }
 
 // Event counts one event, as the stage that makes the events hands it out:

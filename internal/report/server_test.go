@@ -71,6 +71,7 @@ func TestServerMetrics(t *testing.T) {
 	m.Crossing()
 	m.Crossing()
 	m.StandDown("reclaimable-cache")
+	m.HoldWait()
 	m.Event(event.Event{Reason: event.KillContainer, Reaction: 300 * time.Microsecond})
 	m.Event(event.Event{Reason: event.WouldKill}) // not measured: kept out of the histogram
 	m.Event(event.Event{Reason: event.CgroupOOM})
@@ -87,6 +88,8 @@ func TestServerMetrics(t *testing.T) {
 		"oomguard_guarded_cgroups 3",
 		"oomguard_threshold_crossings_total 2",
 		`oomguard_stand_downs_total{reason="reclaimable-cache"} 1`,
+		"oomguard_hold_waits_total 1",
+		`oomguard_faults_total{kind="hold"} 0`,
 		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillContainer"} 1`,
 		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardWouldKill"} 1`,
 		`oomguard_actions_total{container="",namespace="",pod="",reason="OomGuardKillProcess"} 0`,
