@@ -54,6 +54,9 @@ func run(args []string, stderr io.Writer) int {
 	if logs := asynclog.Klog(o.klogFlags, 4096); logs != nil {
 		defer logs.Close(2 * time.Second)
 	}
+	if wantsKeeper(o, mem) {
+		return keep(args, o.guard.StateFile, mem)
+	}
 	if err := serve(o, mem); err != nil {
 		klog.Errorf("%v", err)
 		return 1

@@ -172,6 +172,29 @@ type daemon struct {
 	exited chan struct{}
 }
 
+// guardPid is the pid of the guard itself: the child of the keeper where
+// the binary keeps its guard (keeper.go), else the process started.
+func (d *daemon) guardPid(t *testing.T) int {
+	t.Helper()
+	pid := d.cmd.Process.Pid
+	if !strings.Contains(d.stderr.String(), "keeper: the guard runs as pid ") {
+		return pid
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatalf("the keeper's child: %v", err)
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 1 {
+		t.Fatalf("the keeper %d has children %q, want its guard alone", pid, f)
+	}
+	child, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return child
+}
+
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -348,13 +371,14 @@ func TestBinaryKillsReportsAndStops(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if n := fifoThreads(t, d.cmd.Process.Pid); n != 1 {
+	gpid := d.guardPid(t)
+	if n := fifoThreads(t, gpid); n != 1 {
 		t.Errorf("%d threads under SCHED_FIFO, want the decision loop's alone (--rt-priority)", n)
 	}
-	if all, n := threadCount(t, d.cmd.Process.Pid), rrThreads(t, d.cmd.Process.Pid); n != all-1 {
+	if all, n := threadCount(t, gpid), rrThreads(t, gpid); n != all-1 {
 		t.Errorf("%d of %d threads under SCHED_RR, want all but the loop (--rt-others)", n, all)
 	}
-	if all, n := threadCount(t, d.cmd.Process.Pid), niceThreads(t, d.cmd.Process.Pid, -20); n != all {
+	if all, n := threadCount(t, gpid), niceThreads(t, gpid, -20); n != all {
 		t.Errorf("%d of %d threads at nice -20 (--nice's default)", n, all)
 	}
 	if h := scrape(t, port, "/healthz"); strings.TrimSpace(h) != "ok" {
@@ -720,10 +744,11 @@ func TestRealtimeRefusedFallsBackToNice(t *testing.T) {
 			t.Errorf("no word of the fallback (%q) in the log:\n%s", want, d.stderr.String())
 		}
 	}
-	if n := fifoThreads(t, d.cmd.Process.Pid) + rrThreads(t, d.cmd.Process.Pid); n != 0 {
+	gpid := d.guardPid(t)
+	if n := fifoThreads(t, gpid) + rrThreads(t, gpid); n != 0 {
 		t.Errorf("%d threads under SCHED_FIFO or SCHED_RR in a cgroup without real-time budget", n)
 	}
-	if n := niceThreads(t, d.cmd.Process.Pid, -20); n != 1 {
+	if n := niceThreads(t, gpid, -20); n != 1 {
 		t.Errorf("%d threads at nice -20, want the decision loop's alone", n)
 	}
 	d.stop(t) // out of the cpu cgroup before it is removed

@@ -64,7 +64,7 @@ func TestBinaryOutOfFdsGuardsWhatItCan(t *testing.T) {
 		cg := testenv.NewCgroup(t)
 		port := freePort(t)
 		d := startDaemonUntil(t, exec.Command(guardBin, guardArgs(cg, port)...), "guarding 0 of ")
-		pid := strconv.Itoa(d.cmd.Process.Pid)
+		pid := strconv.Itoa(d.guardPid(t))
 		prlimit(t, pid, fmt.Sprintf("--nofile=%d:", tooFew))
 		children(t, cg, cgroups)
 		short := checkShort(t, d, port, cgroups)

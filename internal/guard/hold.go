@@ -2,6 +2,7 @@ package guard
 
 import (
 	"errors"
+	"fmt"
 
 	"k8s.io/klog/v2"
 
@@ -41,9 +42,8 @@ import (
 //   - a cgroup whose operator set oom_kill_disable already: left as it is.
 //
 // The value is recorded before it is written (record.go), so that a guard
-// that dies holding is undone by the next; on stop every hold is undone.
-// While no guard runs after a death, a held cgroup at its limit waits for
-// the next guard (the DaemonSet's restart) instead of an OOM kill.
+// that dies holding is undone by the next, and at once by its keeper
+// (ReleaseHolds; cmd/oom-guard/keeper.go); on stop every hold is undone.
 
 // holdOn tells whether the guard holds cgroups at all.
 func (g *Guard) holdOn() bool {
@@ -203,4 +203,40 @@ func b2u(b bool) uint64 {
 		return 1
 	}
 	return 0
+}
+
+// ReleaseHolds undoes the holds that a guard no longer running left in
+// mem's hierarchy, as its record in stateFile says, by the record's rules
+// (record.go): the kernel's OOM killer has those cgroups again until the
+// next guard. The binary's keeper calls it when its guard has ended
+// (cmd/oom-guard/keeper.go); no guard may run over the hierarchy
+// meanwhile. It returns how many cgroups it released.
+func ReleaseHolds(stateFile string, mem cgroup.Memory) (int, error) {
+	r, err := openRecords(stateFile)
+	if err != nil {
+		return 0, fmt.Errorf("state file %s: %w", stateFile, err)
+	}
+	defer r.close()
+	g := &Guard{mem: memory{mem}, records: r}
+	var holds []limitRecord
+	for _, rec := range r.m {
+		if rec.Setting == holdSetting {
+			holds = append(holds, rec)
+		}
+	}
+	released := 0
+	for _, rec := range holds {
+		rel, ok := mem.FS().Rel(rec.Path)
+		if !ok {
+			continue // another --root's: left for a guard over it
+		}
+		c := &cg{rel: rel}
+		read := func() (uint64, error) { d, err := mem.OOMKillDisabled(rel); return b2u(d), err }
+		before, _ := read()
+		g.restoreRecorded(c, holdSetting, read, func(v uint64) error { return mem.SetOOMKillDisable(rel, v == 1) })
+		if after, err := read(); err == nil && before == 1 && after == 0 {
+			released++
+		}
+	}
+	return released, nil
 }
